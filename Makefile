@@ -1,0 +1,43 @@
+# Two entry points for a newcomer on Debian 12, as root: `make demo` and `make test`.
+# Both install what they need (Debian packages, a virtualenv) and nothing else.
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+APT       := ./scripts/apt-install
+
+# What the tests and the demo use: real DHCP/DNS/TFTP clients, PXE firmware, boot loaders.
+APT_TEST  := iproute2 python3-venv python3-dev gcc isc-dhcp-client udhcpc dnsutils curl \
+             tftp-hpa atftp pxelinux syslinux-common syslinux-efi qemu-system-x86 ipxe-qemu \
+             ovmf busybox-static cpio procps
+# The reference servers the benchmarks compare us with (never started outside a namespace).
+APT_BENCH := dnsmasq-base kea-admin kea-dhcp4-server tftpd-hpa dnsperf
+
+.PHONY: demo test lint bench deps venv clean
+
+$(VENV)/.stamp: pyproject.toml
+	$(APT) $(APT_TEST)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+deps: venv
+	$(APT) $(APT_TEST)
+
+lint: deps
+	$(VENV)/bin/ruff check sidus_appliance tests bench
+
+test: deps lint
+	$(VENV)/bin/pytest -v tests
+
+demo: deps
+	$(VENV)/bin/sidus-appliance lab demo
+
+bench: deps
+	$(APT) $(APT_BENCH)
+	$(PY) bench/dhcp.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,607 @@
+"""Typed, validated, immutable configuration: the only place YAML is read.
+
+Every error names the key path (``dhcp.pool.start``) and, where the YAML gives it, the
+file and line, so an administrator can fix a config without reading our source.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+INFINITE_LEASE = 0xFFFFFFFF
+
+# Seed's PXE dispatch (DHCP option 93, RFC 4578 + errata: 7 and 9 are both x86-64 EFI).
+DEFAULT_BOOT_FILES: Mapping[int, str] = {
+    0: "pxelinux.0",
+    6: "efi32/syslinux.efi",
+    7: "efi64/syslinux.efi",
+    9: "efi64/syslinux.efi",
+}
+DEFAULT_BOOT_FILE = "pxelinux.0"
+
+# Seed's NFS mount options for the shared root (overlay mode); the master adds `rw`.
+DEFAULT_NFS_OPTIONS = (
+    "vers=3,rsize=1048576,wsize=1048576,tcp,nolock,noatime,nocto,actimeo=1,intr,hard"
+)
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the administrator (key path, file:line)."""
+
+
+def normalize_mac(value: str) -> str:
+    """`08-00-AA-BB-CC-DD` → `08:00:aa:bb:cc:dd`; raises ValueError if not a MAC."""
+    text = str(value).strip().lower()
+    if not _MAC_RE.match(text):
+        raise ValueError(f"{value!r} is not a MAC address (expected six hex pairs like 08:00:aa:bb:cc:dd)")
+    return text.replace("-", ":")
+
+
+@dataclass(frozen=True)
+class Host:
+    """A reservation: fixed address and name, and the boot-menu profile it gets."""
+
+    name: str
+    mac: str
+    address: IPv4Address
+    profile: str = "default"
+
+
+@dataclass(frozen=True)
+class Pool:
+    start: IPv4Address
+    end: IPv4Address
+    hostname: str = "dhcp-{octet}"
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, IPv4Address) and self.start <= address <= self.end
+
+    def addresses(self) -> list[IPv4Address]:
+        return [IPv4Address(n) for n in range(int(self.start), int(self.end) + 1)]
+
+    def name_for(self, address: IPv4Address) -> str:
+        octets = str(address).split(".")
+        return self.hostname.format(octet=octets[3], ip=str(address).replace(".", "-"))
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    enabled: bool = True
+    port: int = 67
+    pool: Pool | None = None
+    lease_time: int = INFINITE_LEASE
+    boot_files: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_BOOT_FILES))
+    default_boot_file: str = DEFAULT_BOOT_FILE
+    # iPXE waits ~13 s for a proxyDHCP offer unless told `no-pxedhcp` (option 175.176).
+    ipxe_no_pxedhcp: bool = True
+
+    def boot_file_for(self, arch: int | None) -> str:
+        if arch is None:
+            return self.default_boot_file
+        return self.boot_files.get(arch, self.default_boot_file)
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    name: str  # relative to the domain, or absolute with a trailing dot
+    type: str  # A, CNAME, MX, TXT, SRV
+    value: str
+    ttl: int | None = None
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    enabled: bool = True
+    port: int = 53
+    listen: tuple[IPv4Address, ...] = ()  # empty: the appliance address and 127.0.0.1
+    ttl: int = 3600
+    upstream: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: no forwarding at all
+    recursion_allowed: tuple[IPv4Network, ...] = ()  # empty: the lab subnet only
+    transfer_allowed: tuple[IPv4Network, ...] = ()  # AXFR; empty: nobody
+    forward_timeout: float = 2.0
+    records: tuple[DnsRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class TftpConfig:
+    enabled: bool = True
+    port: int = 69
+    root: Path = Path("/srv/tftp")
+    max_blksize: int = 0  # 0: the interface MTU minus IP/UDP/TFTP headers
+    max_windowsize: int = 64
+    max_transfers: int = 1000
+    timeout: float = 1.0  # first retransmission; doubles per retry
+    retries: int = 5
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A shared Debian root, exported over NFS and booted by every machine."""
+
+    name: str
+    root: Path
+    label: str = ""
+    append: str = ""  # extra kernel command line
+    modes: tuple[str, ...] = ("overlay",)
+
+
+@dataclass(frozen=True)
+class NfsConfig:
+    backend: str = "kernel"  # kernel (exportfs) or ganesha
+    export_root: Path = Path("/export")
+    home: Path = Path("/export/home")
+    instances_dir: Path = Path("/srv/nfsroot")
+    options: str = DEFAULT_NFS_OPTIONS
+    exports_file: Path = Path("/etc/exports.d/sidus.exports")
+
+
+@dataclass(frozen=True)
+class Config:
+    interface: str
+    address: IPv4Interface
+    subnet: IPv4Network
+    gateway: IPv4Address
+    dns_servers: tuple[IPv4Address, ...]
+    domain: str
+    state_dir: Path = Path("/var/lib/sidus-appliance")
+    user: str | None = None
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    tftp: TftpConfig = field(default_factory=TftpConfig)
+    nfs: NfsConfig = field(default_factory=NfsConfig)
+    hosts: tuple[Host, ...] = ()
+    instances: tuple[Instance, ...] = ()
+    kernel_args: str = "net.ifnames=0"
+    source: str = "<config>"
+
+    @property
+    def server_ip(self) -> IPv4Address:
+        return self.address.ip
+
+    @property
+    def reverse_zone(self) -> str:
+        """`10.20.17.0/24` → `17.20.10.in-addr.arpa` (octet-aligned prefixes only)."""
+        octets = str(self.subnet.network_address).split(".")[: self.subnet.prefixlen // 8]
+        return ".".join(reversed(octets)) + ".in-addr.arpa"
+
+    def host_by_mac(self, mac: str) -> Host | None:
+        return self._hosts_by_mac().get(mac)
+
+    def _hosts_by_mac(self) -> dict[str, Host]:
+        return {h.mac: h for h in self.hosts}
+
+    def with_overrides(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Marks:
+    """Line numbers of YAML nodes, by key path, for error messages."""
+
+    def __init__(self, source: str, root: yaml.Node | None) -> None:
+        self.source = source
+        self.lines: dict[tuple[Any, ...], int] = {}
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                self._walk_value(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, path + (index,))
+
+    def _walk_value(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        line = self.lines[path]
+        self._walk(node, path)
+        self.lines[path] = line  # keep the key's line, the more useful one
+
+    def where(self, path: tuple[Any, ...]) -> str:
+        for cut in range(len(path), -1, -1):
+            line = self.lines.get(path[:cut])
+            if line is not None:
+                return f"{self.source}:{line}"
+        return self.source
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+class _Reader:
+    """Walks the parsed YAML with typed accessors that raise ConfigError naming the key."""
+
+    def __init__(self, marks: _Marks) -> None:
+        self.marks = marks
+
+    def fail(self, path: tuple[Any, ...], message: str) -> ConfigError:
+        return ConfigError(f"{self.marks.where(path)}: {_dotted(path)}: {message}")
+
+    def mapping(self, value: Any, path: tuple[Any, ...], allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.fail(path + (key,), f"unknown key (known keys here: {known})")
+        return value
+
+    def required(self, data: dict[str, Any], key: str, path: tuple[Any, ...]) -> Any:
+        if data.get(key) is None:
+            raise self.fail(path + (key,), "is required")
+        return data[key]
+
+    def convert(self, value: Any, path: tuple[Any, ...], kind: Any, what: str) -> Any:
+        try:
+            return kind(value)
+        except (ValueError, TypeError) as exc:
+            raise self.fail(path, f"{value!r} is not {what} ({exc})") from None
+
+    def ip(self, value: Any, path: tuple[Any, ...]) -> IPv4Address:
+        return self.convert(str(value), path, IPv4Address, "an IPv4 address")
+
+    def integer(self, value: Any, path: tuple[Any, ...], low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"{value!r} is not a whole number")
+        if not low <= value <= high:
+            raise self.fail(path, f"{value} is out of range ({low}..{high})")
+        return value
+
+    def number(self, value: Any, path: tuple[Any, ...], low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(path, f"{value!r} is not a number")
+        if not low <= value <= high:
+            raise self.fail(path, f"{value} is out of range ({low}..{high})")
+        return float(value)
+
+    def boolean(self, value: Any, path: tuple[Any, ...]) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"{value!r} is not true or false")
+        return value
+
+    def text(self, value: Any, path: tuple[Any, ...]) -> str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise self.fail(path, f"{value!r} is not a string")
+        return str(value)
+
+    def sequence(self, value: Any, path: tuple[Any, ...]) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def networks(self, value: Any, path: tuple[Any, ...]) -> tuple[IPv4Network, ...]:
+        return tuple(
+            self.convert(str(item), path + (i,), lambda s: IPv4Network(s, strict=False), "an IPv4 network")
+            for i, item in enumerate(self.sequence(value, path))
+        )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError with file:line and key path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    reader = _Reader(_Marks(source, node))
+    return _build(reader, data, source)
+
+
+_TOP_KEYS = {
+    "interface", "address", "subnet", "gateway", "dns_servers", "domain", "state_dir", "user",
+    "dhcp", "dns", "tftp", "nfs", "hosts", "instances", "kernel_args",
+}
+
+
+def _build(r: _Reader, data: Any, source: str) -> Config:
+    top = r.mapping(data, (), _TOP_KEYS)
+    if not top:
+        raise ConfigError(f"{source}: the config is empty")
+    interface = r.text(r.required(top, "interface", ()), ("interface",))
+    address = r.convert(
+        str(r.required(top, "address", ())), ("address",), IPv4Interface, "an address with prefix like 10.20.17.254/24"
+    )
+    if address.network.prefixlen == 32:
+        raise r.fail(("address",), "needs a prefix length, like 10.20.17.254/24")
+    subnet = address.network
+    if top.get("subnet") is not None:
+        subnet = r.convert(str(top["subnet"]), ("subnet",), IPv4Network, "an IPv4 network like 10.20.17.0/24")
+        if address.ip not in subnet:
+            raise r.fail(("address",), f"{address.ip} is not inside subnet {subnet}")
+    gateway = r.ip(top.get("gateway", address.ip), ("gateway",))
+    dns_servers = tuple(r.ip(v, ("dns_servers", i)) for i, v in enumerate(r.sequence(top.get("dns_servers"), ("dns_servers",))))
+    domain = r.text(r.required(top, "domain", ()), ("domain",)).strip(".").lower()
+    for label in domain.split("."):
+        if not _LABEL_RE.match(label):
+            raise r.fail(("domain",), f"{domain!r} is not a valid DNS domain")
+    state_dir = Path(r.text(top.get("state_dir", "/var/lib/sidus-appliance"), ("state_dir",)))
+    user = top.get("user")
+    if user is not None:
+        user = r.text(user, ("user",))
+    dhcp = _build_dhcp(r, top.get("dhcp"), subnet)
+    hosts = _build_hosts(r, top.get("hosts"), subnet, dhcp.pool, address.ip)
+    nfs = _build_nfs(r, top.get("nfs"))
+    config = Config(
+        interface=interface,
+        address=address,
+        subnet=subnet,
+        gateway=gateway,
+        dns_servers=dns_servers or (address.ip,),
+        domain=domain,
+        state_dir=state_dir,
+        user=user,
+        dhcp=dhcp,
+        dns=_build_dns(r, top.get("dns"), subnet),
+        tftp=_build_tftp(r, top.get("tftp")),
+        nfs=nfs,
+        hosts=hosts,
+        instances=_build_instances(r, top.get("instances"), nfs),
+        kernel_args=r.text(top.get("kernel_args", "net.ifnames=0"), ("kernel_args",)),
+        source=source,
+    )
+    return config
+
+
+def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
+    p = ("dhcp",)
+    d = r.mapping(value, p, {"enabled", "port", "pool", "lease_time", "boot_files", "default_boot_file", "ipxe_no_pxedhcp"})
+    pool = None
+    if d.get("pool") is not None:
+        pp = p + ("pool",)
+        pd = r.mapping(d["pool"], pp, {"start", "end", "hostname"})
+        start = r.ip(r.required(pd, "start", pp), pp + ("start",))
+        end = r.ip(r.required(pd, "end", pp), pp + ("end",))
+        for key, ip in (("start", start), ("end", end)):
+            if ip not in subnet:
+                raise r.fail(pp + (key,), f"{ip} is outside the subnet {subnet}")
+            if ip in (subnet.network_address, subnet.broadcast_address):
+                raise r.fail(pp + (key,), f"{ip} is the subnet's network or broadcast address")
+        if end < start:
+            raise r.fail(pp + ("end",), f"{end} is before pool.start {start}")
+        hostname = r.text(pd.get("hostname", "dhcp-{octet}"), pp + ("hostname",))
+        try:
+            probe = hostname.format(octet="1", ip="10-0-0-1")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise r.fail(pp + ("hostname",), f"bad pattern ({exc}); use {{octet}} or {{ip}}") from None
+        if not _LABEL_RE.match(probe):
+            raise r.fail(pp + ("hostname",), f"{hostname!r} does not give valid host names")
+        pool = Pool(start, end, hostname)
+    lease = d.get("lease_time", "infinite")
+    lease_time = INFINITE_LEASE if lease == "infinite" else r.integer(lease, p + ("lease_time",), 60, INFINITE_LEASE)
+    boot_files = dict(DEFAULT_BOOT_FILES)
+    bp = p + ("boot_files",)
+    for arch, name in r.mapping(d.get("boot_files"), bp, set(d.get("boot_files") or {})).items():
+        arch_num = r.integer(arch, bp + (arch,), 0, 0xFFFF)
+        boot_files[arch_num] = r.text(name, bp + (arch,))
+    return DhcpConfig(
+        enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
+        port=r.integer(d.get("port", 67), p + ("port",), 1, 65535),
+        pool=pool,
+        lease_time=lease_time,
+        boot_files=boot_files,
+        default_boot_file=r.text(d.get("default_boot_file", DEFAULT_BOOT_FILE), p + ("default_boot_file",)),
+        ipxe_no_pxedhcp=r.boolean(d.get("ipxe_no_pxedhcp", True), p + ("ipxe_no_pxedhcp",)),
+    )
+
+
+def _build_hosts(
+    r: _Reader, value: Any, subnet: IPv4Network, pool: Pool | None, server: IPv4Address
+) -> tuple[Host, ...]:
+    p = ("hosts",)
+    hosts: list[Host] = []
+    seen_mac: dict[str, str] = {}
+    seen_ip: dict[IPv4Address, str] = {}
+    seen_name: set[str] = set()
+    for i, item in enumerate(r.sequence(value, p)):
+        hp = p + (i,)
+        h = r.mapping(item, hp, {"name", "mac", "address", "profile"})
+        name = r.text(r.required(h, "name", hp), hp + ("name",)).lower()
+        if not _LABEL_RE.match(name):
+            raise r.fail(hp + ("name",), f"{name!r} is not a valid host name (letters, digits, '-')")
+        try:
+            mac = normalize_mac(r.text(r.required(h, "mac", hp), hp + ("mac",)))
+        except ValueError as exc:
+            raise r.fail(hp + ("mac",), str(exc)) from None
+        address = r.ip(r.required(h, "address", hp), hp + ("address",))
+        if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+            raise r.fail(hp + ("address",), f"{address} is outside the subnet {subnet}")
+        if address == server:
+            raise r.fail(hp + ("address",), f"{address} is the appliance's own address")
+        if pool is not None and address in pool:
+            raise r.fail(hp + ("address",), f"{address} lies inside the dynamic pool {pool.start}-{pool.end}")
+        if mac in seen_mac:
+            raise r.fail(hp + ("mac",), f"{mac} is already reserved for {seen_mac[mac]}")
+        if address in seen_ip:
+            raise r.fail(hp + ("address",), f"{address} is already reserved for {seen_ip[address]}")
+        if name in seen_name:
+            raise r.fail(hp + ("name",), f"{name} is reserved twice")
+        profile = r.text(h.get("profile", "default"), hp + ("profile",))
+        if profile not in ("default", "master"):
+            raise r.fail(hp + ("profile",), f"{profile!r} is not a menu profile (default or master)")
+        seen_mac[mac], seen_ip[address] = name, name
+        seen_name.add(name)
+        hosts.append(Host(name, mac, address, profile))
+    return tuple(hosts)
+
+
+def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
+    p = ("dns",)
+    d = r.mapping(value, p, {
+        "enabled", "port", "listen", "ttl", "upstream", "recursion_allowed", "transfer_allowed",
+        "forward_timeout", "records",
+    })
+    upstream = []
+    for i, item in enumerate(r.sequence(d.get("upstream"), p + ("upstream",))):
+        text = r.text(item, p + ("upstream", i))
+        host, _, port = text.partition(":")
+        r.ip(host, p + ("upstream", i))
+        if port:
+            r.integer(int(port) if port.isdigit() else port, p + ("upstream", i), 1, 65535)
+        upstream.append(text)
+    records = []
+    rp = p + ("records",)
+    for i, item in enumerate(r.sequence(d.get("records"), rp)):
+        ip_ = rp + (i,)
+        rec = r.mapping(item, ip_, {"name", "type", "value", "ttl"})
+        rtype = r.text(r.required(rec, "type", ip_), ip_ + ("type",)).upper()
+        if rtype not in ("A", "CNAME", "MX", "TXT", "SRV"):
+            raise r.fail(ip_ + ("type",), f"{rtype!r} is not supported (A, CNAME, MX, TXT, SRV)")
+        rvalue = r.text(r.required(rec, "value", ip_), ip_ + ("value",))
+        if rtype == "A":
+            r.ip(rvalue, ip_ + ("value",))
+        ttl = rec.get("ttl")
+        records.append(DnsRecord(
+            name=r.text(r.required(rec, "name", ip_), ip_ + ("name",)).lower(),
+            type=rtype,
+            value=rvalue,
+            ttl=None if ttl is None else r.integer(ttl, ip_ + ("ttl",), 0, 2**31 - 1),
+        ))
+    return DnsConfig(
+        enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
+        port=r.integer(d.get("port", 53), p + ("port",), 1, 65535),
+        listen=tuple(r.ip(v, p + ("listen", i)) for i, v in enumerate(r.sequence(d.get("listen"), p + ("listen",)))),
+        ttl=r.integer(d.get("ttl", 3600), p + ("ttl",), 0, 2**31 - 1),
+        upstream=tuple(upstream),
+        recursion_allowed=r.networks(d.get("recursion_allowed"), p + ("recursion_allowed",)) or (subnet,),
+        transfer_allowed=r.networks(d.get("transfer_allowed"), p + ("transfer_allowed",)),
+        forward_timeout=r.number(d.get("forward_timeout", 2.0), p + ("forward_timeout",), 0.1, 60),
+        records=tuple(records),
+    )
+
+
+def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
+    p = ("tftp",)
+    d = r.mapping(value, p, {"enabled", "port", "root", "max_blksize", "max_windowsize", "max_transfers", "timeout", "retries"})
+    return TftpConfig(
+        enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
+        port=r.integer(d.get("port", 69), p + ("port",), 1, 65535),
+        root=Path(r.text(d.get("root", "/srv/tftp"), p + ("root",))),
+        max_blksize=r.integer(d.get("max_blksize", 0), p + ("max_blksize",), 0, 65464),
+        max_windowsize=r.integer(d.get("max_windowsize", 64), p + ("max_windowsize",), 1, 64),
+        max_transfers=r.integer(d.get("max_transfers", 1000), p + ("max_transfers",), 1, 100000),
+        timeout=r.number(d.get("timeout", 1.0), p + ("timeout",), 0.05, 255),
+        retries=r.integer(d.get("retries", 5), p + ("retries",), 0, 100),
+    )
+
+
+def _build_nfs(r: _Reader, value: Any) -> NfsConfig:
+    p = ("nfs",)
+    d = r.mapping(value, p, {"backend", "export_root", "home", "instances_dir", "options", "exports_file"})
+    backend = r.text(d.get("backend", "kernel"), p + ("backend",))
+    if backend not in ("kernel", "ganesha"):
+        raise r.fail(p + ("backend",), f"{backend!r} is not a backend (kernel or ganesha)")
+    defaults = NfsConfig()
+    return NfsConfig(
+        backend=backend,
+        export_root=Path(r.text(d.get("export_root", str(defaults.export_root)), p + ("export_root",))),
+        home=Path(r.text(d.get("home", str(defaults.home)), p + ("home",))),
+        instances_dir=Path(r.text(d.get("instances_dir", str(defaults.instances_dir)), p + ("instances_dir",))),
+        options=r.text(d.get("options", defaults.options), p + ("options",)),
+        exports_file=Path(r.text(d.get("exports_file", str(defaults.exports_file)), p + ("exports_file",))),
+    )
+
+
+def _build_instances(r: _Reader, value: Any, nfs: NfsConfig) -> tuple[Instance, ...]:
+    p = ("instances",)
+    out: list[Instance] = []
+    names: set[str] = set()
+    for i, item in enumerate(r.sequence(value, p)):
+        ip_ = p + (i,)
+        d = r.mapping(item, ip_, {"name", "root", "label", "append", "modes"})
+        name = r.text(r.required(d, "name", ip_), ip_ + ("name",))
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+            raise r.fail(ip_ + ("name",), f"{name!r} is not a valid instance name (letters, digits, . _ -)")
+        if name in names:
+            raise r.fail(ip_ + ("name",), f"instance {name} is defined twice")
+        names.add(name)
+        modes = tuple(r.text(m, ip_ + ("modes", j)) for j, m in enumerate(r.sequence(d.get("modes", ["overlay"]), ip_ + ("modes",))))
+        for j, mode in enumerate(modes):
+            if mode not in ("overlay", "aufs", "rw"):
+                raise r.fail(ip_ + ("modes", j), f"{mode!r} is not a mode (overlay, aufs, rw)")
+        out.append(Instance(
+            name=name,
+            root=Path(r.text(d.get("root", str(nfs.instances_dir / name)), ip_ + ("root",))),
+            label=r.text(d.get("label", ""), ip_ + ("label",)),
+            append=r.text(d.get("append", ""), ip_ + ("append",)),
+            modes=modes or ("overlay",),
+        ))
+    return tuple(out)
+
+
+def describe(config: Config) -> str:
+    """The effective settings, as `check` prints them."""
+    lines = [
+        f"source:      {config.source}",
+        f"interface:   {config.interface} ({config.address})",
+        f"subnet:      {config.subnet}  gateway {config.gateway}  dns {', '.join(map(str, config.dns_servers))}",
+        f"domain:      {config.domain}  (reverse {config.reverse_zone})",
+        f"state_dir:   {config.state_dir}",
+        f"user:        {config.user or '(stay root)'}",
+    ]
+    d = config.dhcp
+    pool = f"{d.pool.start}-{d.pool.end} named {d.pool.hostname!r}" if d.pool else "none (reservations only)"
+    lease = "infinite" if d.lease_time == INFINITE_LEASE else f"{d.lease_time}s"
+    lines.append(f"dhcp:        {'on' if d.enabled else 'off'} port {d.port}, pool {pool}, lease {lease}")
+    for arch, name in sorted(d.boot_files.items()):
+        lines.append(f"  arch {arch:<5} -> {name}")
+    lines.append(f"  other      -> {d.default_boot_file}")
+    for h in config.hosts:
+        lines.append(f"host:        {h.name} {h.mac} {h.address} profile={h.profile}")
+    n = config.dns
+    lines.append(
+        f"dns:         {'on' if n.enabled else 'off'} port {n.port}, upstream {', '.join(n.upstream) or 'none'}, "
+        f"recursion for {', '.join(map(str, n.recursion_allowed))}, "
+        f"axfr for {', '.join(map(str, n.transfer_allowed)) or 'nobody'}"
+    )
+    for rec in n.records:
+        lines.append(f"  record     {rec.name} {rec.type} {rec.value}")
+    t = config.tftp
+    lines.append(f"tftp:        {'on' if t.enabled else 'off'} port {t.port}, root {t.root}")
+    lines.append(f"nfs:         {config.nfs.backend}, instances in {config.nfs.instances_dir}, options {config.nfs.options}")
+    for inst in config.instances:
+        lines.append(f"instance:    {inst.name} root {inst.root} modes {','.join(inst.modes)}")
+    return "\n".join(lines)
+
+
+def ip_in(networks: tuple[IPv4Network, ...], address: str) -> bool:
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
