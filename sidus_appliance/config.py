@@ -28,9 +28,7 @@ DEFAULT_BOOT_FILES: Mapping[int, str] = {
 DEFAULT_BOOT_FILE = "pxelinux.0"
 
 # Seed's NFS mount options for the shared root (overlay mode); the master adds `rw`.
-DEFAULT_NFS_OPTIONS = (
-    "vers=3,rsize=1048576,wsize=1048576,tcp,nolock,noatime,nocto,actimeo=1,intr,hard"
-)
+DEFAULT_NFS_OPTIONS = "vers=3,rsize=1048576,wsize=1048576,tcp,nolock,noatime,nocto,actimeo=1,intr,hard"
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -324,8 +322,21 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 
 _TOP_KEYS = {
-    "interface", "address", "subnet", "gateway", "dns_servers", "domain", "state_dir", "user",
-    "dhcp", "dns", "tftp", "nfs", "hosts", "instances", "kernel_args",
+    "interface",
+    "address",
+    "subnet",
+    "gateway",
+    "dns_servers",
+    "domain",
+    "state_dir",
+    "user",
+    "dhcp",
+    "dns",
+    "tftp",
+    "nfs",
+    "hosts",
+    "instances",
+    "kernel_args",
 }
 
 
@@ -345,7 +356,9 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
         if address.ip not in subnet:
             raise r.fail(("address",), f"{address.ip} is not inside subnet {subnet}")
     gateway = r.ip(top.get("gateway", address.ip), ("gateway",))
-    dns_servers = tuple(r.ip(v, ("dns_servers", i)) for i, v in enumerate(r.sequence(top.get("dns_servers"), ("dns_servers",))))
+    dns_servers = tuple(
+        r.ip(v, ("dns_servers", i)) for i, v in enumerate(r.sequence(top.get("dns_servers"), ("dns_servers",)))
+    )
     domain = r.text(r.required(top, "domain", ()), ("domain",)).strip(".").lower()
     for label in domain.split("."):
         if not _LABEL_RE.match(label):
@@ -380,7 +393,9 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
 
 def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
     p = ("dhcp",)
-    d = r.mapping(value, p, {"enabled", "port", "pool", "lease_time", "boot_files", "default_boot_file", "ipxe_no_pxedhcp"})
+    d = r.mapping(
+        value, p, {"enabled", "port", "pool", "lease_time", "boot_files", "default_boot_file", "ipxe_no_pxedhcp"}
+    )
     pool = None
     if d.get("pool") is not None:
         pp = p + ("pool",)
@@ -462,10 +477,21 @@ def _build_hosts(
 
 def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
     p = ("dns",)
-    d = r.mapping(value, p, {
-        "enabled", "port", "listen", "ttl", "upstream", "recursion_allowed", "transfer_allowed",
-        "forward_timeout", "records",
-    })
+    d = r.mapping(
+        value,
+        p,
+        {
+            "enabled",
+            "port",
+            "listen",
+            "ttl",
+            "upstream",
+            "recursion_allowed",
+            "transfer_allowed",
+            "forward_timeout",
+            "records",
+        },
+    )
     upstream = []
     for i, item in enumerate(r.sequence(d.get("upstream"), p + ("upstream",))):
         text = r.text(item, p + ("upstream", i))
@@ -486,12 +512,14 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
         if rtype == "A":
             r.ip(rvalue, ip_ + ("value",))
         ttl = rec.get("ttl")
-        records.append(DnsRecord(
-            name=r.text(r.required(rec, "name", ip_), ip_ + ("name",)).lower(),
-            type=rtype,
-            value=rvalue,
-            ttl=None if ttl is None else r.integer(ttl, ip_ + ("ttl",), 0, 2**31 - 1),
-        ))
+        records.append(
+            DnsRecord(
+                name=r.text(r.required(rec, "name", ip_), ip_ + ("name",)).lower(),
+                type=rtype,
+                value=rvalue,
+                ttl=None if ttl is None else r.integer(ttl, ip_ + ("ttl",), 0, 2**31 - 1),
+            )
+        )
     return DnsConfig(
         enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
         port=r.integer(d.get("port", 53), p + ("port",), 1, 65535),
@@ -507,7 +535,9 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
 
 def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
     p = ("tftp",)
-    d = r.mapping(value, p, {"enabled", "port", "root", "max_blksize", "max_windowsize", "max_transfers", "timeout", "retries"})
+    d = r.mapping(
+        value, p, {"enabled", "port", "root", "max_blksize", "max_windowsize", "max_transfers", "timeout", "retries"}
+    )
     return TftpConfig(
         enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
         port=r.integer(d.get("port", 69), p + ("port",), 1, 65535),
@@ -550,17 +580,22 @@ def _build_instances(r: _Reader, value: Any, nfs: NfsConfig) -> tuple[Instance, 
         if name in names:
             raise r.fail(ip_ + ("name",), f"instance {name} is defined twice")
         names.add(name)
-        modes = tuple(r.text(m, ip_ + ("modes", j)) for j, m in enumerate(r.sequence(d.get("modes", ["overlay"]), ip_ + ("modes",))))
+        modes = tuple(
+            r.text(m, ip_ + ("modes", j))
+            for j, m in enumerate(r.sequence(d.get("modes", ["overlay"]), ip_ + ("modes",)))
+        )
         for j, mode in enumerate(modes):
             if mode not in ("overlay", "aufs", "rw"):
                 raise r.fail(ip_ + ("modes", j), f"{mode!r} is not a mode (overlay, aufs, rw)")
-        out.append(Instance(
-            name=name,
-            root=Path(r.text(d.get("root", str(nfs.instances_dir / name)), ip_ + ("root",))),
-            label=r.text(d.get("label", ""), ip_ + ("label",)),
-            append=r.text(d.get("append", ""), ip_ + ("append",)),
-            modes=modes or ("overlay",),
-        ))
+        out.append(
+            Instance(
+                name=name,
+                root=Path(r.text(d.get("root", str(nfs.instances_dir / name)), ip_ + ("root",))),
+                label=r.text(d.get("label", ""), ip_ + ("label",)),
+                append=r.text(d.get("append", ""), ip_ + ("append",)),
+                modes=modes or ("overlay",),
+            )
+        )
     return tuple(out)
 
 
@@ -593,7 +628,9 @@ def describe(config: Config) -> str:
         lines.append(f"  record     {rec.name} {rec.type} {rec.value}")
     t = config.tftp
     lines.append(f"tftp:        {'on' if t.enabled else 'off'} port {t.port}, root {t.root}")
-    lines.append(f"nfs:         {config.nfs.backend}, instances in {config.nfs.instances_dir}, options {config.nfs.options}")
+    lines.append(
+        f"nfs:         {config.nfs.backend}, instances in {config.nfs.instances_dir}, options {config.nfs.options}"
+    )
     for inst in config.instances:
         lines.append(f"instance:    {inst.name} root {inst.root} modes {','.join(inst.modes)}")
     return "\n".join(lines)
