@@ -1,0 +1,577 @@
+"""DHCP policy core, sans-IO: bytes and the time in, reply bytes plus one decision out.
+
+No sockets, no clock, no globals: `handle(data, now)` is all the asyncio layer calls, so the
+whole protocol (RFC 2131 states, PXE/iPXE dispatch, reservations, quarantine) is unit-tested
+by feeding bytes. `now` is wall-clock epoch seconds (`time.time()`): lease expiries are
+persisted and must survive a restart.
+
+Leases are keyed by MAC (chaddr), not by client identifier (61): a SIDUS machine is the same
+machine for its PXE firmware, iPXE and Linux's `ip=dhcp`, which all send different client ids,
+and reservations, menus and names are all per MAC.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from ..config import INFINITE_LEASE, Config, Host
+from .codec import (
+    ACK,
+    BOOTREPLY,
+    BOOTREQUEST,
+    DECLINE,
+    DISCOVER,
+    FLAG_BROADCAST,
+    INFORM,
+    MESSAGE_NAMES,
+    NAK,
+    OFFER,
+    OPT_BOOTFILE,
+    OPT_BROADCAST,
+    OPT_CLIENT_ARCH,
+    OPT_CLIENT_UUID,
+    OPT_DNS,
+    OPT_DOMAIN,
+    OPT_HOSTNAME,
+    OPT_IPXE,
+    OPT_LEASE_TIME,
+    OPT_MAX_SIZE,
+    OPT_MESSAGE,
+    OPT_MESSAGE_TYPE,
+    OPT_PARAMETER_LIST,
+    OPT_REBINDING,
+    OPT_RENEWAL,
+    OPT_REQUESTED_IP,
+    OPT_ROUTER,
+    OPT_SERVER_ID,
+    OPT_SUBNET_MASK,
+    OPT_TFTP_SERVER,
+    OPT_USER_CLASS,
+    OPT_VENDOR_CLASS,
+    OPT_VENDOR_SPECIFIC,
+    RELEASE,
+    REQUEST,
+    ZERO_IP,
+    DhcpPacket,
+    MalformedPacket,
+    encode,
+    parse,
+)
+from .leases import BOUND, DECLINED, OFFERED, Lease, LeaseStore
+
+log = logging.getLogger("sidus.dhcp")
+
+OFFER_HOLD = 60.0  # an offered address stays reserved for the client this long
+DECLINE_HOLD = 3600.0  # a DECLINEd address (someone else answers ARP for it) rests this long
+DECLINED_PREFIX = "declined:"  # lease key of a quarantined address: "declined:10.20.17.12"
+MAX_HOPS = 16  # RFC 1542: relays drop beyond this; so do we
+BROADCAST_ADDRESS = "255.255.255.255"
+CLIENT_PORT = 68
+SERVER_PORT = 67
+# PXE 2.1 option 43, sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: "boot file given, download it,
+# no boot server discovery" — strict PXE ROMs want option 43 whenever option 60 is PXEClient.
+PXE_VENDOR_OPTIONS = bytes((6, 1, 8, 255))
+IPXE_NO_PXEDHCP = bytes((176, 1, 1))  # iPXE encapsulated 175.176: do not wait for proxyDHCP
+# Kept when a client's option 57 forces us to shrink a reply.
+_ESSENTIAL = frozenset((OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_LEASE_TIME, OPT_SUBNET_MASK, OPT_ROUTER,
+                        OPT_TFTP_SERVER, OPT_BOOTFILE, OPT_VENDOR_CLASS, OPT_MESSAGE))
+
+
+@dataclass(slots=True)
+class Reply:
+    data: bytes
+    destination: tuple[str, int]
+    broadcast: bool  # False with destination (yiaddr, 68): unicast to chaddr without ARP
+    mac: str
+    yiaddr: IPv4Address
+
+
+@dataclass(slots=True)
+class Decision:
+    """What happened to one packet; the service logs it as one line."""
+
+    mac: str
+    message: str  # DISCOVER, REQUEST, ... or "?" when undecodable
+    action: str  # OFFER, ACK, NAK, IGNORE, DROP, RELEASE, QUARANTINE
+    address: IPv4Address | None = None
+    arch: int | None = None
+    boot_file: str | None = None
+    client: str = "plain"  # "pxe", "ipxe" or "plain"
+    reason: str = ""
+
+    def __str__(self) -> str:
+        parts = [f"{self.message} from {self.mac} ({self.client}) -> {self.action}"]
+        if self.address is not None:
+            parts.append(str(self.address))
+        if self.arch is not None:
+            parts.append(f"arch {self.arch}")
+        if self.boot_file:
+            parts.append(f"boot {self.boot_file}")
+        if self.reason:
+            parts.append(f"({self.reason})")
+        return " ".join(parts)
+
+
+@dataclass(slots=True)
+class _Client:
+    """What the request says about the client's boot firmware."""
+
+    kind: str  # "pxe", "ipxe", "plain"
+    arch: int | None
+    boot_file: str | None  # None: not a network-boot client, no boot options
+    vendor_pxe: bool  # sent option 60 "PXEClient..." (echo it)
+    note: str = ""
+
+
+_PLAIN = _Client("plain", None, None, False)
+
+
+class DhcpServer:
+    def __init__(self, config: Config, leases: LeaseStore) -> None:
+        self.leases = leases
+        self.stats: Counter[str] = Counter()
+        self._handlers = {
+            DISCOVER: self._discover, REQUEST: self._request, DECLINE: self._decline,
+            RELEASE: self._release, INFORM: self._inform,
+        }
+        self._holds: list[tuple[float, str]] = []  # (expires, mac) of offered/declined leases
+        self._expiring: list[tuple[float, str]] = []  # (expires, mac) of finite bound leases
+        self._returned: list[int] = []  # freed pool addresses below the cursor (min-heap)
+        self._cursor = 0  # next never-offered pool address (as an int); reset by reload()
+        self._pool = None
+        leases.subscribe(self._on_lease_change)
+        self.reload(config)
+
+    # ------------------------------------------------------------------ configuration
+
+    def reload(self, config: Config) -> None:
+        """Take a new config (SIGHUP): reservations and options change, leases stay."""
+        self.config = config
+        dhcp = config.dhcp
+        self._pool = dhcp.pool
+        self._hosts: dict[str, Host] = {h.mac: h for h in config.hosts}
+        self._reserved: dict[IPv4Address, Host] = {h.address: h for h in config.hosts}
+        self._server_ip = config.server_ip
+        self._server_id = config.server_ip.packed
+        self._subnet = config.subnet
+        self._common = {
+            OPT_SUBNET_MASK: config.subnet.netmask.packed,
+            OPT_ROUTER: config.gateway.packed,
+            OPT_DNS: b"".join(ip.packed for ip in config.dns_servers),
+            OPT_DOMAIN: config.domain.encode(),
+            OPT_BROADCAST: config.subnet.broadcast_address.packed,
+        }
+        lease_time = dhcp.lease_time
+        self._lease_options = {OPT_LEASE_TIME: lease_time.to_bytes(4, "big")}
+        if lease_time != INFINITE_LEASE:  # T1/T2 = 50 % / 87.5 % (RFC 2131 4.4.5)
+            self._lease_options[OPT_RENEWAL] = (lease_time // 2).to_bytes(4, "big")
+            self._lease_options[OPT_REBINDING] = (lease_time * 7 // 8).to_bytes(4, "big")
+        self._lease_seconds = None if lease_time == INFINITE_LEASE else float(lease_time)
+        self._next_server = str(config.server_ip).encode()
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Reservations win over leases; leases outside the pool go; rebuild the free lists."""
+        for lease in self.leases.all():
+            wanted = self._valid_name(lease)
+            if wanted is None:
+                log.info("dhcp: dropping lease %s %s (reservation or pool changed)", lease.mac, lease.address)
+                self.leases.remove(lease.mac)
+            elif wanted != lease.hostname and lease.state == BOUND:
+                self.leases.commit(_replace_hostname(lease, wanted))
+        self._cursor = int(self._pool.start) if self._pool else 0
+        self._returned = []
+        self._holds = []
+        self._expiring = []
+        for lease in self.leases.all():
+            self._track(lease)
+
+    def _valid_name(self, lease: Lease) -> str | None:
+        """The name `lease` should carry under the current config, or None if it is void now."""
+        host = self._hosts.get(lease.mac)
+        if host is not None:
+            return host.name if lease.address == host.address else None
+        if lease.address in self._reserved or self._pool is None or lease.address not in self._pool:
+            return None
+        if lease.state == DECLINED:
+            return lease.hostname
+        return self._pool.name_for(lease.address)
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, data: bytes, now: float) -> tuple[list[Reply], Decision]:
+        """One datagram in; the replies to send and the decision to log. Never raises."""
+        self.stats["received"] += 1
+        try:
+            pkt = parse(data)
+        except MalformedPacket as exc:
+            self.stats["malformed"] += 1
+            return [], Decision("?", "?", "DROP", reason=f"malformed: {exc}")
+        try:
+            replies, decision = self._dispatch(pkt, now)
+        except Exception as exc:  # a bug or a failing disk must not stop the server
+            self.stats["errors"] += 1
+            log.exception("dhcp: error handling a packet from %s", pkt.mac)
+            replies, decision = [], Decision(pkt.mac, _name(pkt.message_type), "DROP", reason=f"error: {exc}")
+        self.stats[decision.action] += 1
+        return replies, decision
+
+    def _dispatch(self, pkt: DhcpPacket, now: float) -> tuple[list[Reply], Decision]:
+        if self._holds and self._holds[0][0] <= now:
+            self._expire_holds(now)
+        mac, mtype = pkt.mac, pkt.message_type
+        message = _name(mtype)
+        if pkt.op != BOOTREQUEST:
+            return [], Decision(mac, message, "DROP", reason="BOOTREPLY (op 2) from a server or relay")
+        if mtype is None:
+            return [], Decision(mac, "BOOTP", "DROP", reason="plain BOOTP (no option 53) is not served")
+        if pkt.hops > MAX_HOPS:
+            return [], Decision(mac, message, "DROP", reason=f"{pkt.hops} relay hops")
+        if pkt.giaddr != ZERO_IP and pkt.giaddr not in self._subnet:
+            return [], Decision(mac, message, "IGNORE", reason=f"relayed from {pkt.giaddr}, outside {self._subnet}")
+        handler = self._handlers.get(mtype)
+        if handler is None:
+            return [], Decision(mac, message, "IGNORE", reason=f"message type {mtype} is not for a server")
+        self.stats[message] += 1
+        return handler(pkt, self._classify(pkt), now)
+
+    # ------------------------------------------------------------------ message types
+
+    def _discover(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+        mac = pkt.mac
+        address, why = self._choose(pkt, mac, now)
+        if address is None:
+            return [], self._decision(pkt, client, "IGNORE", None, why)
+        name = self._name_for(mac, address)
+        lease = self.leases.by_mac(mac)
+        if lease is None or lease.address != address or lease.state == OFFERED:
+            # Hold the address for this client while it decides; memory only, never journalled.
+            self.leases.commit(Lease(mac, address, name, now + OFFER_HOLD, OFFERED, _client_hostname(pkt)))
+        reply = self._reply(pkt, OFFER, address, client, name)
+        return [reply], self._decision(pkt, client, "OFFER", address, why)
+
+    def _request(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+        mac, opts = pkt.mac, pkt.options
+        server_id = opts.get(OPT_SERVER_ID)
+        requested = _requested(pkt)
+        if server_id is not None:
+            if server_id != self._server_id:
+                lease = self.leases.by_mac(mac)
+                if lease is not None and lease.state == OFFERED:
+                    self.leases.remove(mac)  # the client took another server's offer
+                return [], self._decision(pkt, client, "IGNORE", requested,
+                                          f"client selected server {IPv4Address(server_id)}")
+            state, wanted = "selecting", requested or (pkt.ciaddr if pkt.ciaddr != ZERO_IP else None)
+        elif requested is not None and pkt.ciaddr == ZERO_IP:
+            state, wanted = "init-reboot", requested
+        elif pkt.ciaddr != ZERO_IP:
+            state, wanted = "renewing", pkt.ciaddr  # or rebinding: handled alike
+        else:
+            return [], self._decision(pkt, client, "IGNORE", None, "REQUEST without server id, address or ciaddr")
+        if wanted is None:
+            return self._nak(pkt, client, None, f"{state}: no requested address")
+        if wanted not in self._subnet:
+            return self._nak(pkt, client, wanted, f"{state}: {wanted} is not on {self._subnet}")
+        assigned = self._assigned(mac)
+        if assigned is None:
+            if not self._is_free(wanted):
+                return self._nak(pkt, client, wanted, f"{state}: {wanted} is not available")
+            if state == "init-reboot":
+                # RFC 2131 4.3.2: no record of this client, so another server may own it.
+                return [], self._decision(pkt, client, "IGNORE", wanted, "init-reboot from an unknown client")
+            assigned = wanted  # offer expired or lease file lost: the address is free, take it
+        elif assigned != wanted:
+            return self._nak(pkt, client, wanted, f"{state}: {wanted} requested, client's address is {assigned}")
+        name = self._name_for(mac, assigned)
+        expires = None if self._lease_seconds is None else now + self._lease_seconds
+        lease = Lease(mac, assigned, name, expires, BOUND, _client_hostname(pkt))
+        if self.leases.by_mac(mac) != lease:
+            self.leases.commit(lease)  # durable before the ACK leaves
+        reply = self._reply(pkt, ACK, assigned, client, name)
+        return [reply], self._decision(pkt, client, "ACK", assigned, state)
+
+    def _decline(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+        mac = pkt.mac
+        if self._foreign_server(pkt):
+            return [], self._decision(pkt, client, "IGNORE", None, "DECLINE for another server")
+        address = _requested(pkt)
+        if address is None:
+            return [], self._decision(pkt, client, "IGNORE", None, "DECLINE without requested address")
+        if self._assigned(mac) != address:
+            return [], self._decision(pkt, client, "IGNORE", address, "declined address is not this client's")
+        if address in self._reserved:
+            # Cannot hand the reservation elsewhere: someone squats on it, the admin must look.
+            return [], self._decision(pkt, client, "IGNORE", address, "reserved address in use by another machine")
+        self.leases.remove(mac)
+        self.leases.commit(Lease(DECLINED_PREFIX + str(address), address, "", now + DECLINE_HOLD, DECLINED))
+        reason = f"declined; not handed out for {DECLINE_HOLD:.0f}s"
+        return [], self._decision(pkt, client, "QUARANTINE", address, reason)
+
+    def _release(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+        mac = pkt.mac
+        if self._foreign_server(pkt):
+            return [], self._decision(pkt, client, "IGNORE", pkt.ciaddr, "RELEASE for another server")
+        lease = self.leases.by_mac(mac)
+        if lease is None or lease.address != pkt.ciaddr:
+            reason = "RELEASE of an address this client does not hold"
+            return [], self._decision(pkt, client, "IGNORE", pkt.ciaddr, reason)
+        self.leases.remove(mac)
+        return [], self._decision(pkt, client, "RELEASE", pkt.ciaddr, "")
+
+    def _inform(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+        if pkt.ciaddr == ZERO_IP or pkt.ciaddr not in self._subnet:
+            return [], self._decision(pkt, client, "IGNORE", pkt.ciaddr, "INFORM without a ciaddr on our subnet")
+        reply = self._reply(pkt, ACK, ZERO_IP, client, None, lease=False)
+        return [reply], self._decision(pkt, client, "ACK", pkt.ciaddr, "inform")
+
+    def _nak(self, pkt: DhcpPacket, client: _Client, address: IPv4Address | None,
+             reason: str) -> tuple[list[Reply], Decision]:
+        reply = DhcpPacket(
+            BOOTREPLY, pkt.htype, pkt.hlen, 0, pkt.xid, 0,
+            pkt.flags | (FLAG_BROADCAST if pkt.giaddr != ZERO_IP else 0),  # RFC 2131 4.3.2
+            ZERO_IP, ZERO_IP, ZERO_IP, pkt.giaddr, pkt.chaddr, b"", b"",
+            {OPT_MESSAGE_TYPE: bytes((NAK,)), OPT_SERVER_ID: self._server_id, OPT_MESSAGE: reason.encode()},
+        )
+        if pkt.giaddr != ZERO_IP:
+            destination, broadcast = (str(pkt.giaddr), SERVER_PORT), False
+        else:
+            destination, broadcast = (BROADCAST_ADDRESS, CLIENT_PORT), True
+        out = Reply(encode(reply), destination, broadcast, pkt.mac, ZERO_IP)
+        decision = self._decision(pkt, client, "NAK", address, reason)
+        decision.boot_file = None
+        return [out], decision
+
+    # ------------------------------------------------------------------ addresses
+
+    def _assigned(self, mac: str) -> IPv4Address | None:
+        """The address this client holds or is reserved: what its REQUEST must ask for."""
+        host = self._hosts.get(mac)
+        if host is not None:
+            return host.address
+        lease = self.leases.by_mac(mac)
+        if lease is not None and lease.state != DECLINED and self._usable(lease.address, mac):
+            return lease.address
+        return None
+
+    def _choose(self, pkt: DhcpPacket, mac: str, now: float) -> tuple[IPv4Address | None, str]:
+        """Address to offer: reservation, current lease, the requested one if free, lowest free."""
+        host = self._hosts.get(mac)
+        if host is not None:
+            return host.address, f"reservation {host.name}"
+        lease = self.leases.by_mac(mac)
+        if lease is not None and self._usable(lease.address, mac):
+            return lease.address, f"{lease.state} lease"
+        requested = _requested(pkt)
+        if requested is not None and self._is_free(requested):
+            return requested, "requested address"
+        if self._pool is None:
+            return None, "unknown client and no pool (reservations only)"
+        address = self._lowest_free()
+        if address is None and self._reclaim_expired(now):
+            address = self._lowest_free()
+        if address is None:
+            return None, "pool exhausted"
+        return address, "pool"
+
+    def _usable(self, address: IPv4Address, mac: str) -> bool:
+        """May `mac` keep `address`? In the pool and not reserved for someone else."""
+        if self._pool is None or address not in self._pool or address in self._reserved:
+            return False
+        holder = self.leases.by_address(address)
+        return holder is None or holder.mac == mac
+
+    def _is_free(self, address: IPv4Address) -> bool:
+        return (
+            self._pool is not None
+            and address in self._pool
+            and address not in self._reserved
+            and address != self._server_ip
+            and self.leases.by_address(address) is None
+        )
+
+    def _lowest_free(self) -> IPv4Address | None:
+        """Peek (not take) the lowest free pool address: O(1) amortised, no pool scan.
+
+        Addresses above `_cursor` have never been handed out since the last reload; freed
+        ones below it wait in the `_returned` heap. Taking happens by committing a lease.
+        """
+        returned = self._returned
+        while returned:
+            address = IPv4Address(returned[0])
+            if self._is_free(address):
+                return address
+            heapq.heappop(returned)
+        assert self._pool is not None
+        end = int(self._pool.end)
+        while self._cursor <= end:
+            address = IPv4Address(self._cursor)
+            if self._is_free(address):
+                return address
+            self._cursor += 1
+        return None
+
+    def _name_for(self, mac: str, address: IPv4Address) -> str:
+        host = self._hosts.get(mac)
+        if host is not None:
+            return host.name
+        return self._pool.name_for(address) if self._pool is not None else ""
+
+    # ------------------------------------------------------------------ expiry
+
+    def _on_lease_change(self, old: Lease | None, new: Lease | None) -> None:
+        """Keep the free list and expiry heaps in step with every store change."""
+        if old is not None and (new is None or new.address != old.address):
+            number = int(old.address)
+            if number < self._cursor and self._pool is not None and old.address in self._pool:
+                heapq.heappush(self._returned, number)
+        if new is not None:
+            self._track(new)
+
+    def _track(self, lease: Lease) -> None:
+        if lease.expires is None:
+            return
+        if lease.state == BOUND:
+            heapq.heappush(self._expiring, (lease.expires, lease.mac))
+        else:
+            heapq.heappush(self._holds, (lease.expires, lease.mac))
+
+    def _expire_holds(self, now: float) -> None:
+        """Offers not taken up and finished quarantines give their address back."""
+        while self._holds and self._holds[0][0] <= now:
+            expires, mac = heapq.heappop(self._holds)
+            lease = self.leases.by_mac(mac)
+            if lease is not None and lease.state != BOUND and lease.expires == expires:
+                self.leases.remove(mac)
+
+    def _reclaim_expired(self, now: float) -> bool:
+        """Pool empty: free the longest-expired bound leases (kept until needed, so a client
+        coming back late still finds its address)."""
+        reclaimed = False
+        while self._expiring and self._expiring[0][0] <= now:
+            expires, mac = heapq.heappop(self._expiring)
+            lease = self.leases.by_mac(mac)
+            if lease is not None and lease.state == BOUND and lease.expires == expires:
+                self.leases.remove(mac)
+                reclaimed = True
+                break
+        return reclaimed
+
+    # ------------------------------------------------------------------ replies
+
+    def _classify(self, pkt: DhcpPacket) -> _Client:
+        opts = pkt.options
+        vendor = opts.get(OPT_VENDOR_CLASS, b"")
+        vendor_pxe = vendor.startswith(b"PXEClient")
+        arch_opt = opts.get(OPT_CLIENT_ARCH)
+        ipxe = OPT_IPXE in opts or b"iPXE" in opts.get(OPT_USER_CLASS, b"")
+        # Option 93 alone marks a network-boot client too (dhclient/udhcpc configured to send it).
+        if not (vendor_pxe or ipxe or arch_opt is not None):
+            return _PLAIN
+        arch, note = None, ""
+        if arch_opt is not None and len(arch_opt) >= 2:
+            arch = int.from_bytes(arch_opt[:2], "big")  # several arches listed: the first
+        elif arch_opt is not None:
+            note = f"bad option 93 {arch_opt.hex()}"
+        if arch is None and vendor_pxe:
+            arch = _arch_from_vendor_class(vendor)
+        dhcp = self.config.dhcp
+        if arch is not None and arch not in dhcp.boot_files:
+            note = f"unknown arch {arch}"
+        return _Client("ipxe" if ipxe else "pxe", arch, dhcp.boot_file_for(arch), vendor_pxe, note)
+
+    def _reply(self, pkt: DhcpPacket, mtype: int, yiaddr: IPv4Address, client: _Client,
+               hostname: str | None, lease: bool = True) -> Reply:
+        opts: dict[int, bytes] = {OPT_MESSAGE_TYPE: bytes((mtype,)), OPT_SERVER_ID: self._server_id}
+        opts.update(self._common)
+        if lease:
+            opts.update(self._lease_options)
+        if hostname:
+            opts[OPT_HOSTNAME] = hostname.encode()
+        boot_file = client.boot_file
+        siaddr, file = ZERO_IP, b""
+        if boot_file is not None:
+            siaddr, file = self._server_ip, boot_file.encode()
+            opts[OPT_TFTP_SERVER] = self._next_server
+            opts[OPT_BOOTFILE] = file
+            if client.vendor_pxe:
+                opts[OPT_VENDOR_CLASS] = b"PXEClient"
+                opts[OPT_VENDOR_SPECIFIC] = PXE_VENDOR_OPTIONS
+            uuid = pkt.options.get(OPT_CLIENT_UUID)
+            if uuid is not None:
+                opts[OPT_CLIENT_UUID] = uuid  # PXE spec: echo the client's UUID/GUID
+        if client.kind == "ipxe" and self.config.dhcp.ipxe_no_pxedhcp:
+            opts[OPT_IPXE] = IPXE_NO_PXEDHCP
+        reply = DhcpPacket(
+            BOOTREPLY, pkt.htype, pkt.hlen, 0, pkt.xid, 0, pkt.flags,
+            pkt.ciaddr if mtype == ACK else ZERO_IP, yiaddr, siaddr, pkt.giaddr, pkt.chaddr, b"", file, opts,
+        )
+        order = pkt.options.get(OPT_PARAMETER_LIST, b"")
+        data = encode(reply, order)
+        limit = _max_size(pkt)
+        if len(data) > limit:
+            reply.options = {code: v for code, v in opts.items() if code in _ESSENTIAL}
+            data = encode(reply, order)
+        return Reply(data, *_destination(pkt, yiaddr), pkt.mac, yiaddr)
+
+    def _decision(self, pkt: DhcpPacket, client: _Client, action: str, address: IPv4Address | None,
+                  reason: str) -> Decision:
+        if client.note:
+            reason = f"{reason}; {client.note}" if reason else client.note
+        return Decision(pkt.mac, _name(pkt.message_type), action, address, client.arch,
+                        client.boot_file, client.kind, reason)
+
+    def _foreign_server(self, pkt: DhcpPacket) -> bool:
+        server_id = pkt.options.get(OPT_SERVER_ID)
+        return server_id is not None and server_id != self._server_id
+
+
+def _destination(pkt: DhcpPacket, yiaddr: IPv4Address) -> tuple[tuple[str, int], bool]:
+    """RFC 2131 4.1: relay, then ciaddr, then broadcast flag, else unicast to yiaddr/chaddr."""
+    if pkt.giaddr != ZERO_IP:
+        return (str(pkt.giaddr), SERVER_PORT), False
+    if pkt.ciaddr != ZERO_IP:
+        return (str(pkt.ciaddr), CLIENT_PORT), False
+    if pkt.flags & FLAG_BROADCAST or yiaddr == ZERO_IP:
+        return (BROADCAST_ADDRESS, CLIENT_PORT), True
+    return (str(yiaddr), CLIENT_PORT), False
+
+
+def _max_size(pkt: DhcpPacket) -> int:
+    """Largest DHCP payload the client accepts (option 57 counts IP and UDP headers)."""
+    value = pkt.options.get(OPT_MAX_SIZE)
+    size = int.from_bytes(value, "big") if value else 576
+    return max(size, 576) - 28
+
+
+def _requested(pkt: DhcpPacket) -> IPv4Address | None:
+    value = pkt.options.get(OPT_REQUESTED_IP)
+    return IPv4Address(value) if value is not None else None
+
+
+def _client_hostname(pkt: DhcpPacket) -> str | None:
+    value = pkt.options.get(OPT_HOSTNAME)
+    if not value:
+        return None
+    return value.rstrip(b"\0").decode("utf-8", "replace")[:63]
+
+
+def _arch_from_vendor_class(vendor: bytes) -> int | None:
+    """`PXEClient:Arch:00007:UNDI:003016` → 7 (firmware that omits option 93)."""
+    parts = vendor.split(b":")
+    if len(parts) >= 3 and parts[1] == b"Arch" and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def _replace_hostname(lease: Lease, hostname: str) -> Lease:
+    return Lease(lease.mac, lease.address, hostname, lease.expires, lease.state, lease.client_hostname)
+
+
+def _name(mtype: int | None) -> str:
+    if mtype is None:
+        return "BOOTP"
+    return MESSAGE_NAMES.get(mtype, f"type-{mtype}")
