@@ -142,6 +142,7 @@ class NfsConfig:
     instances_dir: Path = Path("/srv/nfsroot")
     options: str = DEFAULT_NFS_OPTIONS
     exports_file: Path = Path("/etc/exports.d/sidus.exports")
+    ganesha_config: Path = Path("/etc/ganesha/sidus.conf")  # backend ganesha: the file we own
 
 
 @dataclass(frozen=True)
@@ -552,7 +553,9 @@ def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
 
 def _build_nfs(r: _Reader, value: Any) -> NfsConfig:
     p = ("nfs",)
-    d = r.mapping(value, p, {"backend", "export_root", "home", "instances_dir", "options", "exports_file"})
+    d = r.mapping(value, p, {
+        "backend", "export_root", "home", "instances_dir", "options", "exports_file", "ganesha_config",
+    })
     backend = r.text(d.get("backend", "kernel"), p + ("backend",))
     if backend not in ("kernel", "ganesha"):
         raise r.fail(p + ("backend",), f"{backend!r} is not a backend (kernel or ganesha)")
@@ -564,6 +567,7 @@ def _build_nfs(r: _Reader, value: Any) -> NfsConfig:
         instances_dir=Path(r.text(d.get("instances_dir", str(defaults.instances_dir)), p + ("instances_dir",))),
         options=r.text(d.get("options", defaults.options), p + ("options",)),
         exports_file=Path(r.text(d.get("exports_file", str(defaults.exports_file)), p + ("exports_file",))),
+        ganesha_config=Path(r.text(d.get("ganesha_config", str(defaults.ganesha_config)), p + ("ganesha_config",))),
     )
 
 
