@@ -1,0 +1,194 @@
+"""The lease journal: durability, torn lines, compaction, SIGKILL in the middle of a burst."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from sidus_appliance.dhcp.leases import InMemoryLeaseStore, Lease, LeaseStore, LeaseStoreError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lease(n: int, state: str = "bound", expires: float | None = None, chost: str | None = None) -> Lease:
+    return Lease(f"02:00:00:00:{n >> 8:02x}:{n & 255:02x}", IPv4Address(0x0A000000 + n), f"dhcp-{n}",
+                 expires, state, chost)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "leases.journal"
+
+
+def test_commit_lookup_remove_in_memory() -> None:
+    store = InMemoryLeaseStore()
+    a = lease(1)
+    store.commit(a)
+    assert store.by_mac(a.mac) == a
+    assert store.by_address(a.address) == a
+    moved = Lease(a.mac, IPv4Address("10.0.0.9"), "dhcp-9", None, "bound")
+    store.commit(moved)
+    assert store.by_address(a.address) is None
+    assert store.by_address(moved.address) == moved
+    assert store.remove(a.mac) == moved
+    assert store.all() == [] and store.remove(a.mac) is None
+
+
+def test_address_held_by_another_mac_is_refused() -> None:
+    store = InMemoryLeaseStore()
+    store.commit(lease(1))
+    with pytest.raises(LeaseStoreError):
+        store.commit(Lease("02:ff:ff:ff:ff:ff", lease(1).address, "x", None, "bound"))
+
+
+def test_bound_and_declined_persist_offered_does_not(path: Path) -> None:
+    with LeaseStore(path) as store:
+        store.commit(lease(1, chost="pc1"))
+        store.commit(lease(2, "declined", expires=5000.0))
+        store.commit(lease(3, "offered", expires=100.0))
+        store.commit(lease(4))
+        store.remove(lease(4).mac)
+    with LeaseStore(path) as again:
+        assert sorted(again.all(), key=lambda le: le.mac) == [lease(1, chost="pc1"), lease(2, "declined", 5000.0)]
+
+
+def test_offer_replacing_a_bound_lease_is_journalled_as_removal(path: Path) -> None:
+    with LeaseStore(path) as store:
+        store.commit(lease(1))
+        store.commit(Lease(lease(1).mac, IPv4Address("10.0.0.50"), "x", 10.0, "offered"))
+    with LeaseStore(path) as again:
+        assert again.by_mac(lease(1).mac) is None
+
+
+def test_torn_last_line_is_ignored_and_cut(path: Path) -> None:
+    with LeaseStore(path) as store:
+        for n in range(1, 4):
+            store.commit(lease(n))
+    full = path.read_bytes()
+    path.write_bytes(full + b'{"mac":"02:00:00:00:00:09","ip":"10.0')  # killed mid-write
+    with LeaseStore(path) as store:
+        assert len(store.all()) == 3
+        assert path.read_bytes() == full  # cut, so the next append starts a clean line
+        store.commit(lease(9))
+    with LeaseStore(path) as store:
+        assert {le.mac for le in store.all()} == {lease(n).mac for n in (1, 2, 3, 9)}
+        assert store.skipped_lines == 0
+
+
+def test_corrupt_middle_line_is_skipped(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    good = json.dumps({"mac": lease(1).mac, "ip": "10.0.0.1", "host": "h", "exp": None, "state": "bound"})
+    path.write_text(f"{good}\nnot json\n{{\"mac\": 1}}\n")
+    with LeaseStore(path) as store:
+        assert [le.mac for le in store.all()] == [lease(1).mac]
+        assert store.skipped_lines == 2
+
+
+def test_compaction_keeps_every_lease_and_shrinks_the_journal(path: Path) -> None:
+    with LeaseStore(path, compact_factor=2, compact_min=10) as store:
+        for round_ in range(30):
+            for n in range(1, 21):
+                store.commit(lease(n, expires=float(round_)))
+        store.remove(lease(20).mac)
+        assert store.journal_lines <= 2 * 20
+        lines_on_disk = len(path.read_bytes().splitlines())
+        assert lines_on_disk == store.journal_lines
+        assert not path.with_name(path.name + ".tmp").exists()
+        live = sorted(store.all(), key=lambda le: le.mac)
+    assert lines_on_disk < 30 * 20
+    with LeaseStore(path) as again:
+        assert sorted(again.all(), key=lambda le: le.mac) == live
+        assert len(live) == 19 and all(le.expires == 29.0 for le in live)
+
+
+def test_explicit_compact_then_append(path: Path) -> None:
+    with LeaseStore(path, fsync=True) as store:
+        for n in range(1, 6):
+            store.commit(lease(n))
+            store.commit(lease(n, expires=1.0))
+        store.compact()
+        assert len(path.read_bytes().splitlines()) == 5
+        store.commit(lease(6))  # goes to the new file, not the replaced inode
+    with LeaseStore(path) as again:
+        assert len(again.all()) == 6
+
+
+def test_subscribers_see_old_and_new() -> None:
+    store = InMemoryLeaseStore()
+    seen: list[tuple[Lease | None, Lease | None]] = []
+    store.subscribe(lambda old, new: seen.append((old, new)))
+    store.subscribe(lambda old, new: 1 / 0)  # a broken subscriber does not break the store
+    a, b = lease(1, "offered", 10.0), lease(1)
+    store.commit(a)
+    store.commit(b)
+    store.remove(b.mac)
+    assert seen == [(None, a), (a, b), (b, None)]
+
+
+def test_second_process_gets_a_read_only_snapshot(path: Path) -> None:
+    with LeaseStore(path) as owner:
+        owner.commit(lease(1))
+        # flock is per open file description: a second open in this process contends like another process.
+        with LeaseStore(path) as reader:
+            assert reader.readonly
+            assert reader.by_mac(lease(1).mac) == lease(1)
+            with pytest.raises(LeaseStoreError):
+                reader.commit(lease(2))
+        owner.commit(lease(3))
+    with LeaseStore(path) as again:
+        assert not again.readonly and len(again.all()) == 2
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from ipaddress import IPv4Address
+    from sidus_appliance.dhcp.leases import Lease, LeaseStore
+    store = LeaseStore(sys.argv[1], compact_factor=2, compact_min=50)
+    seq = 0
+    while True:
+        seq += 1
+        n = seq % 300
+        mac = f"02:00:00:00:{n >> 8:02x}:{n & 255:02x}"
+        store.commit(Lease(mac, IPv4Address(0x0A000000 + n), f"dhcp-{n}", float(seq), "bound"))
+        print(mac, seq, flush=True)
+    """
+)
+
+
+def test_sigkill_during_a_burst_loses_no_committed_lease(path: Path) -> None:
+    """Every lease the child reported as committed (after commit returned) survives SIGKILL,
+    compactions included (the child compacts every few hundred commits)."""
+    path.parent.mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, env=env)
+    reported: dict[str, int] = {}
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            mac, seq = line.split()
+            reported[mac.decode()] = int(seq)
+            if int(seq) >= 5000:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        rest, _ = child.communicate(timeout=10)
+    for line in rest.splitlines():  # reports already in the pipe when the child died
+        mac, seq = line.split()
+        reported[mac.decode()] = int(seq)
+    assert child.returncode == -signal.SIGKILL
+    assert len(reported) == 300
+    with LeaseStore(path) as store:
+        for mac, seq in reported.items():
+            found = store.by_mac(mac)
+            assert found is not None, mac
+            # The child may have committed one more than it reported, never fewer.
+            assert found.expires is not None and found.expires >= seq, (mac, found.expires, seq)
