@@ -1,0 +1,520 @@
+"""The DHCP policy core, fed with client packets built by scapy (and raw bytes)."""
+
+from __future__ import annotations
+
+import dataclasses
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.dhcp import BOOTP, DHCP
+
+from sidus_appliance.config import Config, parse_config
+from sidus_appliance.dhcp.codec import DhcpPacket, parse
+from sidus_appliance.dhcp.leases import InMemoryLeaseStore, LeaseStore
+from sidus_appliance.dhcp.server import DECLINE_HOLD, OFFER_HOLD, Decision, DhcpServer, Reply
+
+CONFIG = """
+interface: eth1
+address: 10.20.17.254/24
+gateway: 10.20.17.1
+dns_servers: [10.20.17.254, 10.20.17.2]
+domain: sidus.zone
+dhcp:
+  pool: {start: 10.20.17.10, end: 10.20.17.14}
+hosts:
+  - {name: master, mac: "08:00:aa:bb:cc:dd", address: 10.20.17.253, profile: master}
+"""
+SERVER = "10.20.17.254"
+MASTER = "08:00:aa:bb:cc:dd"
+T0 = 1_700_000_000.0
+
+
+def config(text: str = CONFIG) -> Config:
+    return parse_config(text)
+
+
+def mac(n: int) -> str:
+    return f"52:54:00:00:00:{n:02x}"
+
+
+def client_packet(kind: str, mac_: str, *opts: Any, xid: int = 7, op: int = 1, flags: int = 0,
+                  ciaddr: str = "0.0.0.0", giaddr: str = "0.0.0.0", hops: int = 0) -> bytes:
+    return bytes(
+        BOOTP(op=op, chaddr=bytes.fromhex(mac_.replace(":", "")), xid=xid, flags=flags, ciaddr=ciaddr,
+              giaddr=giaddr, hops=hops)
+        / DHCP(options=[("message-type", kind), *opts, "end"])
+    )
+
+
+PXE7 = (("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003016"), (93, b"\x00\x07"))
+
+
+class Harness:
+    def __init__(self, cfg: Config | None = None, store: LeaseStore | None = None) -> None:
+        self.store = store if store is not None else InMemoryLeaseStore()
+        self.server = DhcpServer(cfg or config(), self.store)
+        self.now = T0
+
+    def send(self, data: bytes) -> tuple[list[Reply], Decision]:
+        return self.server.handle(data, self.now)
+
+    def one(self, data: bytes) -> tuple[DhcpPacket, Reply, Decision]:
+        replies, decision = self.send(data)
+        assert len(replies) == 1, decision
+        return parse(replies[0].data), replies[0], decision
+
+    def none(self, data: bytes) -> Decision:
+        replies, decision = self.send(data)
+        assert replies == [], decision
+        return decision
+
+    def dora(self, mac_: str, *opts: Any) -> DhcpPacket:
+        offer, _, _ = self.one(client_packet("discover", mac_, *opts))
+        ack, _, decision = self.one(client_packet(
+            "request", mac_, ("server_id", SERVER), ("requested_addr", str(offer.yiaddr)), *opts))
+        assert ack.message_type == 5, decision
+        return ack
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def ip(text: str) -> IPv4Address:
+    return IPv4Address(text)
+
+
+# --------------------------------------------------------------------------- DISCOVER / REQUEST
+
+
+def test_plain_discover_gets_an_offer_with_every_option(h: Harness) -> None:
+    offer, reply, decision = h.one(client_packet("discover", mac(1)))
+    assert offer.op == 2 and offer.message_type == 2 and offer.xid == 7
+    assert offer.yiaddr == ip("10.20.17.10")
+    o = offer.options
+    assert o[54] == ip(SERVER).packed
+    assert o[1] == ip("255.255.255.0").packed
+    assert o[3] == ip("10.20.17.1").packed
+    assert o[6] == ip("10.20.17.254").packed + ip("10.20.17.2").packed
+    assert o[15] == b"sidus.zone"
+    assert o[12] == b"dhcp-10"
+    assert o[28] == ip("10.20.17.255").packed
+    assert o[51] == b"\xff\xff\xff\xff"
+    assert 58 not in o and 59 not in o  # infinite lease: no renewal timers
+    assert not {60, 66, 67, 43, 175} & o.keys() and offer.file == b"" and offer.siaddr == ip("0.0.0.0")
+    assert (decision.action, decision.client, decision.boot_file) == ("OFFER", "plain", None)
+    assert reply.destination == ("10.20.17.10", 68) and reply.broadcast is False
+    assert reply.mac == mac(1) and reply.yiaddr == ip("10.20.17.10")
+
+
+def test_full_dora_binds_the_lease(h: Harness) -> None:
+    ack = h.dora(mac(1), ("hostname", b"pc-one"))
+    assert ack.yiaddr == ip("10.20.17.10")
+    assert ack.options[12] == b"dhcp-10"  # our name, not the client's
+    lease = h.store.by_mac(mac(1))
+    assert lease is not None
+    assert (lease.state, lease.address, lease.hostname, lease.expires) == ("bound", ack.yiaddr, "dhcp-10", None)
+    assert lease.client_hostname == "pc-one"
+
+
+def test_broadcast_flag_gives_broadcast_reply(h: Harness) -> None:
+    _, reply, _ = h.one(client_packet("discover", mac(1), flags=0x8000))
+    assert reply.destination == ("255.255.255.255", 68) and reply.broadcast is True
+
+
+def test_each_client_gets_its_own_address_and_keeps_it(h: Harness) -> None:
+    first = h.dora(mac(1)).yiaddr
+    second = h.dora(mac(2)).yiaddr
+    assert first != second
+    again, _, decision = h.one(client_packet("discover", mac(1)))
+    assert again.yiaddr == first and "bound lease" in decision.reason
+    assert h.dora(mac(1)).yiaddr == first
+
+
+def test_discover_honours_a_free_requested_address(h: Harness) -> None:
+    offer, _, _ = h.one(client_packet("discover", mac(1), ("requested_addr", "10.20.17.13")))
+    assert offer.yiaddr == ip("10.20.17.13")
+    taken, _, _ = h.one(client_packet("discover", mac(2), ("requested_addr", "10.20.17.13")))
+    assert taken.yiaddr == ip("10.20.17.10")
+    outside, _, _ = h.one(client_packet("discover", mac(3), ("requested_addr", "10.20.17.200")))
+    assert outside.yiaddr == ip("10.20.17.11")
+
+
+def test_unanswered_offer_is_released_after_the_hold(h: Harness) -> None:
+    assert h.one(client_packet("discover", mac(1)))[0].yiaddr == ip("10.20.17.10")
+    assert h.one(client_packet("discover", mac(2)))[0].yiaddr == ip("10.20.17.11")
+    h.now += OFFER_HOLD + 1
+    assert h.one(client_packet("discover", mac(3)))[0].yiaddr == ip("10.20.17.10")
+    assert h.store.by_mac(mac(1)) is None
+
+
+def test_request_for_another_server_drops_our_offer(h: Harness) -> None:
+    h.one(client_packet("discover", mac(1)))
+    decision = h.none(client_packet("request", mac(1), ("server_id", "10.20.17.99"),
+                                    ("requested_addr", "10.20.17.10")))
+    assert decision.action == "IGNORE" and "10.20.17.99" in decision.reason
+    assert h.store.by_mac(mac(1)) is None
+    assert h.one(client_packet("discover", mac(2)))[0].yiaddr == ip("10.20.17.10")
+
+
+def test_selecting_with_a_wrong_address_is_naked(h: Harness) -> None:
+    h.one(client_packet("discover", mac(1)))
+    nak, reply, decision = h.one(client_packet("request", mac(1), ("server_id", SERVER),
+                                               ("requested_addr", "10.20.17.12")))
+    assert nak.message_type == 6 and decision.action == "NAK"
+    assert nak.yiaddr == ip("0.0.0.0") and 51 not in nak.options and nak.options[54] == ip(SERVER).packed
+    assert reply.destination == ("255.255.255.255", 68) and reply.broadcast
+
+
+def test_selecting_after_the_offer_expired_still_acks_a_free_address(h: Harness) -> None:
+    h.one(client_packet("discover", mac(1)))
+    h.now += OFFER_HOLD * 3
+    ack, _, _ = h.one(client_packet("request", mac(1), ("server_id", SERVER), ("requested_addr", "10.20.17.10")))
+    assert ack.message_type == 5 and ack.yiaddr == ip("10.20.17.10")
+
+
+def test_init_reboot(h: Harness) -> None:
+    h.dora(mac(1))
+    ack, _, decision = h.one(client_packet("request", mac(1), ("requested_addr", "10.20.17.10")))
+    assert ack.message_type == 5 and decision.reason == "init-reboot"
+    nak, _, _ = h.one(client_packet("request", mac(1), ("requested_addr", "10.20.17.12")))
+    assert nak.message_type == 6
+    wrong_net, _, decision = h.one(client_packet("request", mac(1), ("requested_addr", "192.168.1.5")))
+    assert wrong_net.message_type == 6 and "not on" in decision.reason
+    # Unknown client asking for a free address: RFC 2131 says stay silent.
+    assert h.none(client_packet("request", mac(2), ("requested_addr", "10.20.17.12"))).action == "IGNORE"
+    # Unknown client asking for someone else's address: refuse it.
+    assert h.one(client_packet("request", mac(3), ("requested_addr", "10.20.17.10")))[0].message_type == 6
+
+
+def test_renewing_and_rebinding(h: Harness) -> None:
+    cfg = config(CONFIG.replace("dhcp:\n", "dhcp:\n  lease_time: 3600\n"))
+    h = Harness(cfg)
+    first = h.dora(mac(1))
+    assert first.options[51] == (3600).to_bytes(4, "big")
+    assert first.options[58] == (1800).to_bytes(4, "big") and first.options[59] == (3150).to_bytes(4, "big")
+    h.now += 2000
+    ack, reply, decision = h.one(client_packet("request", mac(1), ciaddr="10.20.17.10"))
+    assert decision.reason == "renewing"
+    assert ack.message_type == 5 and ack.ciaddr == ip("10.20.17.10") and ack.yiaddr == ip("10.20.17.10")
+    assert reply.destination == ("10.20.17.10", 68) and not reply.broadcast
+    lease = h.store.by_mac(mac(1))
+    assert lease is not None and lease.expires == h.now + 3600
+    # Someone renewing an address leased to another client is refused.
+    nak, _, _ = h.one(client_packet("request", mac(2), ciaddr="10.20.17.10", flags=0x8000))
+    assert nak.message_type == 6
+
+
+def test_expired_bound_leases_are_reclaimed_only_when_the_pool_is_full() -> None:
+    h = Harness(config(CONFIG.replace("dhcp:\n", "dhcp:\n  lease_time: 60\n")))
+    addresses = [h.dora(mac(n)).yiaddr for n in range(1, 6)]
+    h.now += 3600  # all expired
+    assert h.one(client_packet("discover", mac(3)))[0].yiaddr == addresses[2]  # still its own
+    offer, _, _ = h.one(client_packet("discover", mac(9)))
+    assert offer.yiaddr in addresses
+    assert h.store.by_address(offer.yiaddr).mac == mac(9)  # type: ignore[union-attr]
+
+
+def test_request_without_any_address_is_ignored(h: Harness) -> None:
+    assert h.none(client_packet("request", mac(1))).action == "IGNORE"
+
+
+# --------------------------------------------------------------------------- PXE / iPXE
+
+
+@pytest.mark.parametrize(("arch", "boot"), [
+    (0, "pxelinux.0"), (6, "efi32/syslinux.efi"), (7, "efi64/syslinux.efi"), (9, "efi64/syslinux.efi"),
+])
+def test_arch_dispatch(h: Harness, arch: int, boot: str) -> None:
+    vendor = f"PXEClient:Arch:{arch:05d}:UNDI:003016".encode()
+    offer, _, decision = h.one(client_packet(
+        "discover", mac(1), ("vendor_class_id", vendor), (93, arch.to_bytes(2, "big")),
+        (97, b"\x00" + bytes(range(16)))))
+    assert offer.file == boot.encode() and offer.options[67] == boot.encode()
+    assert offer.siaddr == ip(SERVER) and offer.options[66] == SERVER.encode()
+    assert offer.options[60] == b"PXEClient"
+    assert offer.options[97] == b"\x00" + bytes(range(16))
+    assert offer.options[43] == bytes((6, 1, 8, 255))
+    assert (decision.client, decision.arch, decision.boot_file) == ("pxe", arch, boot)
+    ack = h.dora(mac(1), ("vendor_class_id", vendor), (93, arch.to_bytes(2, "big")))
+    assert ack.file == boot.encode() and ack.options[67] == boot.encode()
+
+
+def test_unknown_arch_gets_the_bios_file_and_is_noted(h: Harness) -> None:
+    offer, _, decision = h.one(client_packet("discover", mac(1), ("vendor_class_id", b"PXEClient"),
+                                             (93, b"\x00\x0b")))
+    assert offer.file == b"pxelinux.0"
+    assert decision.arch == 11 and "unknown arch 11" in decision.reason
+
+
+def test_arch_from_vendor_class_when_option_93_is_missing(h: Harness) -> None:
+    offer, _, decision = h.one(client_packet("discover", mac(1),
+                                             ("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003016")))
+    assert offer.file == b"efi64/syslinux.efi" and decision.arch == 7
+
+
+def test_option_93_first_of_several_arches(h: Harness) -> None:
+    offer, _, _ = h.one(client_packet("discover", mac(1), (93, b"\x00\x06\x00\x07")))
+    assert offer.file == b"efi32/syslinux.efi"
+
+
+def test_option_93_without_vendor_class_still_boots(h: Harness) -> None:
+    """dhclient/udhcpc configured to send option 93 (`-x 0x5d:0007`) keep their own vendor class."""
+    offer, _, decision = h.one(client_packet("discover", mac(1), ("vendor_class_id", b"udhcp 1.35.0"),
+                                             (93, b"\x00\x07")))
+    assert offer.file == b"efi64/syslinux.efi" and offer.options[66] == SERVER.encode()
+    assert 60 not in offer.options  # not PXE firmware: no PXEClient echo
+    assert decision.client == "pxe"
+
+
+def test_no_arch_at_all_is_default(h: Harness) -> None:
+    offer, _, decision = h.one(client_packet("discover", mac(1), ("vendor_class_id", b"PXEClient")))
+    assert offer.file == b"pxelinux.0" and decision.arch is None
+
+
+@pytest.mark.parametrize("marker", [("user_class", b"iPXE"), (175, b"\xb1\x05\x01\x10\xec\x80\x00")])
+def test_ipxe_gets_no_pxedhcp(h: Harness, marker: tuple[Any, bytes]) -> None:
+    offer, _, decision = h.one(client_packet("discover", mac(1), ("vendor_class_id", b"PXEClient:Arch:00000"),
+                                             (93, b"\x00\x00"), marker))
+    assert decision.client == "ipxe"
+    assert offer.options[175] == bytes((176, 1, 1))
+    assert offer.file == b"pxelinux.0"
+
+
+def test_ipxe_no_pxedhcp_can_be_turned_off() -> None:
+    cfg = config()
+    cfg = dataclasses.replace(cfg, dhcp=dataclasses.replace(cfg.dhcp, ipxe_no_pxedhcp=False))
+    offer, _, decision = Harness(cfg).one(client_packet("discover", mac(1), ("user_class", b"iPXE")))
+    assert decision.client == "ipxe" and 175 not in offer.options
+
+
+def test_pxe_and_plain_client_share_the_address(h: Harness) -> None:
+    pxe = h.dora(mac(1), *PXE7)
+    plain = h.dora(mac(1), ("client_id", b"\x01" + bytes.fromhex("525400000001")), ("vendor_class_id", b"Linux"))
+    assert pxe.yiaddr == plain.yiaddr
+    assert plain.file == b"" and not {66, 67, 60} & plain.options.keys()
+
+
+def test_parameter_request_list_orders_options(h: Harness) -> None:
+    _, reply, _ = h.one(client_packet("discover", mac(1), ("param_req_list", [15, 3, 1, 67]), *PXE7))
+    raw = reply.data
+    codes, pos = [], 240
+    while raw[pos] != 255:
+        codes.append(raw[pos])
+        pos += 2 + raw[pos + 1]
+    assert codes[:6] == [53, 54, 15, 3, 1, 67]
+    assert {6, 12, 28, 51, 66} <= set(codes)  # the rest is always there
+
+
+def test_small_max_message_size_shrinks_the_reply() -> None:
+    long_domain = ".".join(["a" * 60] * 4)
+    h = Harness(config(CONFIG.replace("domain: sidus.zone", f"domain: {long_domain}")))
+    big, _, _ = h.one(client_packet("discover", mac(1), ("max_dhcp_size", 1500), *PXE7))
+    assert 15 in big.options and len(h.send(client_packet("discover", mac(1), ("max_dhcp_size", 1500),
+                                                          *PXE7))[0][0].data) > 548
+    replies, _ = h.send(client_packet("discover", mac(1), *PXE7))  # no 57: 576 applies
+    small = parse(replies[0].data)
+    assert len(replies[0].data) <= 548
+    assert 15 not in small.options and small.options[67] == b"efi64/syslinux.efi"
+
+
+# --------------------------------------------------------------------------- reservations
+
+
+def test_reservation_wins(h: Harness) -> None:
+    offer, _, decision = h.one(client_packet("discover", MASTER, ("requested_addr", "10.20.17.12")))
+    assert offer.yiaddr == ip("10.20.17.253") and offer.options[12] == b"master"
+    assert "reservation" in decision.reason
+    ack = h.dora(MASTER)
+    assert ack.yiaddr == ip("10.20.17.253")
+    lease = h.store.by_mac(MASTER)
+    assert lease is not None and lease.hostname == "master" and lease.state == "bound"
+    # Nobody else gets the reserved address, however they ask.
+    other, _, _ = h.one(client_packet("discover", mac(1), ("requested_addr", "10.20.17.253")))
+    assert other.yiaddr == ip("10.20.17.10")
+    assert h.one(client_packet("request", mac(2), ("requested_addr", "10.20.17.253")))[0].message_type == 6
+    assert h.one(client_packet("request", mac(2), ("server_id", SERVER),
+                               ("requested_addr", "10.20.17.253")))[0].message_type == 6
+
+
+def test_reservation_added_on_reload_beats_existing_leases(h: Harness) -> None:
+    assert h.dora(mac(1)).yiaddr == ip("10.20.17.10")
+    assert h.dora(mac(2)).yiaddr == ip("10.20.17.11")
+    assert h.dora(mac(3)).yiaddr == ip("10.20.17.12")
+    # New config: the pool shrinks away from .10, which is now reserved for another machine, and
+    # mac(2) gets its own reservation elsewhere.
+    reloaded = CONFIG.replace("start: 10.20.17.10", "start: 10.20.17.11") + (
+        f'  - {{name: newbox, mac: "{mac(9)}", address: 10.20.17.10}}\n'
+        f'  - {{name: two, mac: "{mac(2)}", address: 10.20.17.100}}\n'
+    )
+    h.server.reload(config(reloaded))
+    assert h.store.by_mac(mac(1)) is None  # its address is reserved now
+    assert h.store.by_mac(mac(2)) is None  # it has a reservation elsewhere
+    assert h.store.by_mac(mac(3)).address == ip("10.20.17.12")  # type: ignore[union-attr]
+    assert h.dora(mac(9)).yiaddr == ip("10.20.17.10")
+    two = h.dora(mac(2))
+    assert two.yiaddr == ip("10.20.17.100") and two.options[12] == b"two"
+    one = h.dora(mac(1)).yiaddr
+    assert one not in (ip("10.20.17.10"), ip("10.20.17.12"), ip("10.20.17.100"))
+    assert one == ip("10.20.17.11")  # freed by mac(2), lowest free again
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def test_same_mac_same_address_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "leases.journal"
+    store = LeaseStore(path)
+    h = Harness(store=store)
+    got = {n: h.dora(mac(n)).yiaddr for n in (3, 1, 2)}
+    h.dora(MASTER)
+    store.close()
+    h2 = Harness(store=LeaseStore(path))
+    h2.now += 86400
+    for n in (2, 1, 3):  # other order, other day
+        assert h2.dora(mac(n)).yiaddr == got[n]
+    assert h2.one(client_packet("discover", mac(7)))[0].yiaddr == ip("10.20.17.13")
+    assert h2.one(client_packet("request", mac(1), ("requested_addr", str(got[1]))))[0].message_type == 5
+
+
+# --------------------------------------------------------------------------- DECLINE / RELEASE / INFORM
+
+
+def test_decline_quarantines_the_address(tmp_path: Path) -> None:
+    path = tmp_path / "leases.journal"
+    h = Harness(store=LeaseStore(path))
+    bad = h.dora(mac(1)).yiaddr
+    decision = h.none(client_packet("decline", mac(1), ("server_id", SERVER), ("requested_addr", str(bad))))
+    assert decision.action == "QUARANTINE" and decision.address == bad
+    assert h.store.by_mac(mac(1)) is None
+    assert h.store.by_address(bad).state == "declined"  # type: ignore[union-attr]
+    assert h.dora(mac(1)).yiaddr != bad
+    h.store.close()
+    h = Harness(store=LeaseStore(path))  # the quarantine survives a restart
+    h.now += 60
+    taken = {h.dora(mac(n)).yiaddr for n in range(2, 5)}  # with mac(1): the whole pool but one
+    assert bad not in taken
+    assert h.none(client_packet("discover", mac(6))).reason == "pool exhausted"
+    h.now = T0 + DECLINE_HOLD + 1
+    assert h.one(client_packet("discover", mac(6)))[0].yiaddr == bad
+
+
+def test_decline_of_an_address_not_ours_is_ignored(h: Harness) -> None:
+    h.dora(mac(1))
+    assert h.none(client_packet("decline", mac(2), ("requested_addr", "10.20.17.10"))).action == "IGNORE"
+    assert h.store.by_mac(mac(1)) is not None
+    assert h.none(client_packet("decline", mac(1), ("server_id", "10.9.9.9"),
+                                ("requested_addr", "10.20.17.10"))).action == "IGNORE"
+    assert h.store.by_mac(mac(1)) is not None
+
+
+def test_release(h: Harness) -> None:
+    address = h.dora(mac(1)).yiaddr
+    assert h.none(client_packet("release", mac(2), ("server_id", SERVER), ciaddr=str(address))).action == "IGNORE"
+    decision = h.none(client_packet("release", mac(1), ("server_id", SERVER), ciaddr=str(address)))
+    assert decision.action == "RELEASE"
+    assert h.store.by_mac(mac(1)) is None and h.store.by_address(address) is None
+    assert h.one(client_packet("discover", mac(2)))[0].yiaddr == address
+
+
+def test_inform(h: Harness) -> None:
+    ack, reply, decision = h.one(client_packet("inform", mac(1), *PXE7, ciaddr="10.20.17.77"))
+    assert ack.message_type == 5 and decision.action == "ACK"
+    assert ack.yiaddr == ip("0.0.0.0") and ack.ciaddr == ip("10.20.17.77")
+    assert not {51, 58, 59} & ack.options.keys()
+    assert ack.options[1] == ip("255.255.255.0").packed and ack.options[67] == b"efi64/syslinux.efi"
+    assert reply.destination == ("10.20.17.77", 68)
+    assert h.store.all() == []
+    assert h.none(client_packet("inform", mac(1))).action == "IGNORE"
+
+
+# --------------------------------------------------------------------------- pool exhaustion
+
+
+def test_pool_exhausted_is_a_logged_refusal(h: Harness) -> None:
+    for n in range(1, 6):
+        h.dora(mac(n))
+    decision = h.none(client_packet("discover", mac(6)))
+    assert (decision.action, decision.reason) == ("IGNORE", "pool exhausted")
+    assert h.server.stats["IGNORE"] == 1
+    assert h.dora(MASTER).yiaddr == ip("10.20.17.253")  # reservations still served
+    assert h.dora(mac(3)).yiaddr == ip("10.20.17.12")  # and known clients
+
+
+def test_reservations_only_config_ignores_strangers() -> None:
+    h = Harness(config(CONFIG.replace("  pool: {start: 10.20.17.10, end: 10.20.17.14}\n", "")))
+    assert "no pool" in h.none(client_packet("discover", mac(1))).reason
+    assert h.dora(MASTER).yiaddr == ip("10.20.17.253")
+
+
+# --------------------------------------------------------------------------- relays and strays
+
+
+def test_relayed_request_from_our_subnet(h: Harness) -> None:
+    offer, reply, _ = h.one(client_packet("discover", mac(1), giaddr="10.20.17.1", flags=0x8000))
+    assert offer.giaddr == ip("10.20.17.1") and offer.yiaddr == ip("10.20.17.10")
+    assert reply.destination == ("10.20.17.1", 67) and not reply.broadcast
+    nak, reply, _ = h.one(client_packet("request", mac(1), ("server_id", SERVER),
+                                        ("requested_addr", "10.20.17.14"), giaddr="10.20.17.1"))
+    assert nak.message_type == 6 and nak.broadcast  # relay must broadcast the NAK on the client's link
+    assert reply.destination == ("10.20.17.1", 67)
+
+
+def test_relayed_from_a_foreign_subnet_is_ignored(h: Harness) -> None:
+    assert h.none(client_packet("discover", mac(1), giaddr="192.168.5.1")).action == "IGNORE"
+    assert h.store.all() == []
+
+
+def test_bootreply_and_client_sent_server_messages_are_not_answered(h: Harness) -> None:
+    assert h.none(client_packet("offer", mac(1), op=2)).action == "DROP"
+    assert h.none(client_packet("offer", mac(1))).action == "IGNORE"
+    assert h.none(client_packet("ack", mac(1))).action == "IGNORE"
+    assert h.none(client_packet("discover", mac(1), hops=17)).action == "DROP"
+    plain_bootp = bytes(BOOTP(chaddr=bytes(6), options=b"\x63\x82\x53\x63\xff"))
+    assert h.none(plain_bootp).action == "DROP"
+
+
+GARBAGE = [
+    b"",
+    b"\x01" * 10,
+    bytes(300),
+    client_packet("discover", "52:54:00:00:00:01")[:239],  # truncated
+    client_packet("discover", "52:54:00:00:00:01") + bytes(9000),  # oversized
+    client_packet("discover", "52:54:00:00:00:01").replace(b"\x63\x82\x53\x63", b"\x00\x00\x00\x00"),
+    client_packet("discover", "52:54:00:00:00:01")[:240] + bytes([53, 1, 1, 12, 200, 65]),  # overflow
+    client_packet("discover", "52:54:00:00:00:01")[:240] + bytes([53, 4, 1, 1, 1, 1, 255]),
+    b"\x05" + client_packet("discover", "52:54:00:00:00:01")[1:],  # op 5
+]
+
+
+def test_malformed_packets_are_counted_and_dropped(h: Harness) -> None:
+    for data in GARBAGE:
+        decision = h.none(data)
+        assert decision.action == "DROP" and decision.reason.startswith("malformed")
+    assert h.server.stats["malformed"] == len(GARBAGE)
+    assert h.server.stats["errors"] == 0
+    assert h.one(client_packet("discover", mac(1)))[0].yiaddr == ip("10.20.17.10")  # still answering
+
+
+def test_fuzzed_packets_never_raise(h: Harness) -> None:
+    import random
+
+    rng = random.Random(7)
+    seeds = [
+        client_packet("discover", mac(1), *PXE7, ("param_req_list", [1, 3, 6, 66, 67])),
+        client_packet("request", mac(1), ("server_id", SERVER), ("requested_addr", "10.20.17.10")),
+        client_packet("request", mac(2), ciaddr="10.20.17.11"),
+        client_packet("decline", mac(1), ("requested_addr", "10.20.17.10")),
+        client_packet("inform", mac(1), ciaddr="10.20.17.50"),
+    ]
+    for _ in range(4000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(236, len(data))] = rng.randrange(256)  # options area, mostly
+        h.now += 1
+        h.send(bytes(data))
+    assert h.server.stats["errors"] == 0
+    assert h.server.stats["received"] == 4000
