@@ -467,7 +467,8 @@ def check(config: Config, *, netns: str | None = None, etab: Path = Path("/var/l
     for prog, name in ((NFS_PROGRAM, "nfs"), (MOUNT_PROGRAM, "mountd")):
         if prog not in programs:
             problems.append(f"{name} ({prog}) is not registered with rpcbind")
-    result = _run(["showmount", "-e", "127.0.0.1"], netns)
+    # ganesha lists only the exports the asking address may mount: ask from the subnet.
+    result = _run(["showmount", "-e", str(config.server_ip)], netns)
     if result.returncode != 0:
         return [*problems, f"showmount -e failed: {result.stderr.strip()}"]
     listed = parse_showmount(result.stdout)
