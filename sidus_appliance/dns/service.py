@@ -1,0 +1,285 @@
+"""asyncio transport for the DNS core: UDP and TCP listeners, forwarding, zone rebuilds.
+
+The core (`server.py`) decides; this module only moves bytes, keeps time, and rebuilds the
+zone when a bound lease changes (coalesced over REBUILD_DELAY, so a boot storm costs a few
+rebuilds, not one per ACK; names still appear well within a second of the ACK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..config import Config
+from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
+from .zone import Zone, zone_content
+
+REBUILD_DELAY = 0.1  # seconds to coalesce lease changes before rebuilding the zone
+TCP_IDLE = 10.0  # seconds a TCP client may stay silent (RFC 7766 suggests "seconds")
+MAX_TCP_CLIENTS = 128
+MAX_FORWARDS = 1024  # in-flight upstream queries; beyond that clients get SERVFAIL at once
+
+
+def policy_of(config: Config) -> Policy:
+    dns = config.dns
+    return Policy(bool(dns.upstream), dns.recursion_allowed, dns.transfer_allowed)
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    host, _, port = text.partition(":")
+    return host, int(port or 53)
+
+
+def next_serial(previous: int, now: float) -> int:
+    """Strictly increasing; the clock keeps it increasing across restarts too."""
+    return max(previous + 1, int(now)) & 0xFFFFFFFF
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, service: DnsService) -> None:
+        self.service = service
+        self.handle = service.core.handle_udp
+        self.transport: asyncio.DatagramTransport | None = None
+        self.sendto: Callable[..., None] = lambda data, addr: None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.sendto = transport.sendto  # type: ignore[attr-defined]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            out = self.handle(data, addr[0])
+        except Exception:  # the core should never raise; if it does, count it and keep serving
+            self.service.crashed(data)
+            return
+        if out is None:
+            return
+        if type(out) is bytes:
+            self.sendto(out, addr)
+        elif isinstance(out, Forward):
+            self.service.forward(out, lambda reply: self.sendto(reply, addr))
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable from a gone client
+        self.service.core.stats["udp_errors"] += 1
+
+
+class _UpstreamUdp(asyncio.DatagramProtocol):
+    """One forwarded query's socket (its own random port: harder to spoof than a shared one)."""
+
+    def __init__(self, service: DnsService, action: Forward, upstream_id: bytes) -> None:
+        self.service, self.action, self.upstream_id = service, action, upstream_id
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self.service.core.relay(self.action.query, self.action.question, self.upstream_id, data)
+        if reply is not None and not self.done.done():
+            self.done.set_result(reply)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+class DnsService:
+    name = "dns"
+
+    def __init__(self, config: Config, leases: Any, log: logging.Logger) -> None:
+        self.config = config
+        self.leases = leases
+        self.log = log
+        content, problems = zone_content(config, self._bound())
+        self.zone = Zone(config.domain, config.reverse_zone, next_serial(0, time.time()), content, problems)
+        self.core = DnsServer(self.zone, policy_of(config))
+        self._transports: list[asyncio.BaseTransport] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rebuild_handle: asyncio.TimerHandle | None = None
+        self._tcp_clients = 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def addresses(self) -> list[str]:
+        listen = self.config.dns.listen or (self.config.server_ip, "127.0.0.1")
+        return list(dict.fromkeys(str(a) for a in listen))
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for problem in self.zone.problems:
+            self.log.warning("dns: %s", problem)
+        port = self.config.dns.port
+        for address in self.addresses():
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(address, port), reuse_port=False)
+            self._transports.append(transport)
+            server = await asyncio.start_server(self._tcp_client, address, port, reuse_address=True)
+            self._servers.append(server)
+        self.leases.subscribe(self._lease_changed)
+        self.log.info("dns: serving %s and %s on %s port %d (serial %d, %d records)",
+                      self.config.domain, self.config.reverse_zone, ", ".join(self.addresses()), port,
+                      self.zone.serial, len(self.zone.content))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._rebuild_handle is not None:
+            self._rebuild_handle.cancel()
+        for transport in self._transports:
+            transport.close()
+        for server in self._servers:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self._transports, self._servers = [], []
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: new policy and zone now; listen/port changes need a restart."""
+        if (config.dns.port, config.dns.listen, config.server_ip) != (
+                self.config.dns.port, self.config.dns.listen, self.config.server_ip):
+            self.log.warning("dns: listen addresses/port changed; restart to apply them")
+        self.config = config
+        self.core.set_policy(policy_of(config))
+        self._rebuild(reason="reload", force=True)
+
+    # ------------------------------------------------------------------ zone updates
+
+    def _bound(self) -> list[Any]:
+        return [lease for lease in self.leases.all() if lease.state == "bound"]
+
+    def _lease_changed(self, old: Any, new: Any) -> None:
+        if self._closed or self._loop is None:
+            return
+        if (old is not None and old.state == "bound") or (new is not None and new.state == "bound"):
+            self._loop.call_soon_threadsafe(self._schedule_rebuild)
+
+    def _schedule_rebuild(self) -> None:
+        if self._rebuild_handle is None and self._loop is not None and not self._closed:
+            self._rebuild_handle = self._loop.call_later(REBUILD_DELAY, self._rebuild)
+
+    def _rebuild(self, reason: str = "leases", force: bool = False) -> None:
+        self._rebuild_handle = None
+        if self._closed:
+            return
+        content, problems = zone_content(self.config, self._bound())
+        apexes = (self.config.domain, self.config.reverse_zone)
+        if content == self.zone.content and apexes == self.zone.apexes and not force:
+            return
+        for problem in set(problems) - set(self.zone.problems):
+            self.log.warning("dns: %s", problem)
+        self.zone = Zone(*apexes, next_serial(self.zone.serial, time.time()), content, problems)
+        # The memo is emptied at once (no stale answer survives the swap); warming runs in
+        # small steps between datagrams so a big zone never stalls the loop.
+        self.core.set_zone(self.zone, warm=False)
+        self._step_warm(self.core.warming())
+        self.log.info("dns: zone rebuilt (%s): serial %d, %d records", reason, self.zone.serial, len(content))
+
+    def _step_warm(self, steps: Iterator[None]) -> None:
+        if self._closed or self._loop is None:
+            return
+        if next(steps, StopIteration) is not StopIteration:
+            self._loop.call_soon(self._step_warm, steps)
+
+    # ------------------------------------------------------------------ forwarding
+
+    def forward(self, action: Forward, reply: Callable[[bytes], None]) -> None:
+        if len(self._tasks) >= MAX_FORWARDS:
+            self._send_servfail(action, reply)
+            return
+        task = asyncio.ensure_future(self._forward(action, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forward(self, action: Forward, reply: Callable[[bytes], None]) -> None:
+        upstreams = [parse_upstream(u) for u in self.config.dns.upstream]
+        timeout = self.config.dns.forward_timeout / max(1, len(upstreams))
+        for host, port in upstreams:  # in order; each gets an equal share of the timeout
+            upstream_id = secrets.token_bytes(2)
+            query = upstream_id + action.query[2:]
+            try:
+                if action.tcp:
+                    answer = await asyncio.wait_for(self._ask_tcp(host, port, query, action, upstream_id), timeout)
+                else:
+                    answer = await self._ask_udp(host, port, query, action, upstream_id, timeout)
+            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError) as exc:
+                self.core.stats["upstream_failures"] += 1
+                self.log.debug("dns: upstream %s:%d failed: %r", host, port, exc)
+                continue
+            if answer is not None:
+                reply(answer)
+                return
+        self._send_servfail(action, reply)
+
+    def _send_servfail(self, action: Forward, reply: Callable[[bytes], None]) -> None:
+        answer = self.core.servfail(action.query)
+        if answer is not None:
+            reply(answer)
+
+    async def _ask_udp(self, host: str, port: int, query: bytes, action: Forward, upstream_id: bytes,
+                       timeout: float) -> bytes | None:
+        assert self._loop is not None
+        transport, protocol = await self._loop.create_datagram_endpoint(
+            lambda: _UpstreamUdp(self, action, upstream_id), remote_addr=(host, port))
+        try:
+            transport.sendto(query)
+            return await asyncio.wait_for(protocol.done, timeout)
+        finally:
+            transport.close()
+
+    async def _ask_tcp(self, host: str, port: int, query: bytes, action: Forward, upstream_id: bytes) -> bytes | None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(struct.pack("!H", len(query)) + query)
+            await writer.drain()
+            (size,) = struct.unpack("!H", await reader.readexactly(2))
+            return self.core.relay(action.query, action.question, upstream_id, await reader.readexactly(size))
+        finally:
+            writer.close()
+
+    # ------------------------------------------------------------------ TCP
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "0.0.0.0"
+        if self._tcp_clients >= MAX_TCP_CLIENTS:
+            self.core.stats["tcp_refused"] += 1
+            writer.close()
+            return
+        self._tcp_clients += 1
+        try:
+            while not self._closed:
+                try:
+                    (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE))
+                    data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                try:
+                    out = self.core.handle_tcp(data, client)
+                except Exception:
+                    self.crashed(data)
+                    return
+                if isinstance(out, Forward):
+                    answers: list[bytes] = []
+                    await self._forward(out, answers.append)
+                    out = answers
+                if not out:
+                    return  # dropped: a TCP peer sending garbage loses its connection
+                for message in out:
+                    if len(message) <= MAX_TCP_MESSAGE:
+                        writer.write(struct.pack("!H", len(message)) + message)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            self._tcp_clients -= 1
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def crashed(self, data: bytes) -> None:
+        self.core.stats["internal_errors"] += 1
+        self.log.exception("dns: internal error on a %d-byte message %s", len(data), data[:64].hex())
