@@ -33,6 +33,7 @@ from .codec import (
     OPT_BOOTFILE,
     OPT_BROADCAST,
     OPT_CLIENT_ARCH,
+    OPT_CLIENT_ID,
     OPT_CLIENT_UUID,
     OPT_DNS,
     OPT_DOMAIN,
@@ -44,6 +45,7 @@ from .codec import (
     OPT_MESSAGE_TYPE,
     OPT_PARAMETER_LIST,
     OPT_REBINDING,
+    OPT_RELAY_AGENT,
     OPT_RENEWAL,
     OPT_REQUESTED_IP,
     OPT_ROUTER,
@@ -210,7 +212,8 @@ class DhcpServer:
             pkt = parse(data)
         except MalformedPacket as exc:
             self.stats["malformed"] += 1
-            return [], Decision("?", "?", "DROP", reason=f"malformed: {exc}")
+            mac = data[28:34].hex(":") if len(data) >= 34 else "?"  # for the debug log only
+            return [], Decision(mac, "?", "DROP", reason=f"malformed: {exc}")
         try:
             replies, decision = self._dispatch(pkt, now)
         except Exception as exc:  # a bug or a failing disk must not stop the server
@@ -330,11 +333,12 @@ class DhcpServer:
 
     def _nak(self, pkt: DhcpPacket, client: _Client, address: IPv4Address | None,
              reason: str) -> tuple[list[Reply], Decision]:
+        opts = {OPT_MESSAGE_TYPE: bytes((NAK,)), OPT_SERVER_ID: self._server_id, OPT_MESSAGE: reason.encode()}
+        _echo(pkt, opts)
         reply = DhcpPacket(
             BOOTREPLY, pkt.htype, pkt.hlen, 0, pkt.xid, 0,
-            pkt.flags | (FLAG_BROADCAST if pkt.giaddr != ZERO_IP else 0),  # RFC 2131 4.3.2
-            ZERO_IP, ZERO_IP, ZERO_IP, pkt.giaddr, pkt.chaddr, b"", b"",
-            {OPT_MESSAGE_TYPE: bytes((NAK,)), OPT_SERVER_ID: self._server_id, OPT_MESSAGE: reason.encode()},
+            FLAG_BROADCAST if pkt.giaddr != ZERO_IP else pkt.flags & FLAG_BROADCAST,  # RFC 2131 4.3.2
+            ZERO_IP, ZERO_IP, ZERO_IP, pkt.giaddr, pkt.chaddr, b"", b"", opts,
         )
         if pkt.giaddr != ZERO_IP:
             destination, broadcast = (str(pkt.giaddr), SERVER_PORT), False
@@ -428,6 +432,9 @@ class DhcpServer:
             number = int(old.address)
             if number < self._cursor and self._pool is not None and old.address in self._pool:
                 heapq.heappush(self._returned, number)
+                if len(self._returned) > 2 * (int(self._pool.end) - int(self._pool.start)) + 1024:
+                    # Churn re-pushes addresses taken since: keep only the free ones, once each.
+                    self._returned = sorted({n for n in self._returned if self._is_free(IPv4Address(n))})
         if new is not None:
             self._track(new)
 
@@ -436,8 +443,14 @@ class DhcpServer:
             return
         if lease.state == BOUND:
             heapq.heappush(self._expiring, (lease.expires, lease.mac))
+            if len(self._expiring) > 2 * len(self.leases) + 1024:
+                self._rebuild_expiring()  # renewals leave stale entries behind; drop them
         else:
             heapq.heappush(self._holds, (lease.expires, lease.mac))
+
+    def _rebuild_expiring(self) -> None:
+        self._expiring = [(le.expires, le.mac) for le in self.leases.all() if le.state == BOUND and le.expires]
+        heapq.heapify(self._expiring)
 
     def _expire_holds(self, now: float) -> None:
         """Offers not taken up and finished quarantines give their address back."""
@@ -505,8 +518,9 @@ class DhcpServer:
                 opts[OPT_CLIENT_UUID] = uuid  # PXE spec: echo the client's UUID/GUID
         if client.kind == "ipxe" and self.config.dhcp.ipxe_no_pxedhcp:
             opts[OPT_IPXE] = IPXE_NO_PXEDHCP
+        _echo(pkt, opts)
         reply = DhcpPacket(
-            BOOTREPLY, pkt.htype, pkt.hlen, 0, pkt.xid, 0, pkt.flags,
+            BOOTREPLY, pkt.htype, pkt.hlen, 0, pkt.xid, 0, pkt.flags & FLAG_BROADCAST,
             pkt.ciaddr if mtype == ACK else ZERO_IP, yiaddr, siaddr, pkt.giaddr, pkt.chaddr, b"", file, opts,
         )
         order = pkt.options.get(OPT_PARAMETER_LIST, b"")
@@ -527,6 +541,17 @@ class DhcpServer:
     def _foreign_server(self, pkt: DhcpPacket) -> bool:
         server_id = pkt.options.get(OPT_SERVER_ID)
         return server_id is not None and server_id != self._server_id
+
+
+def _echo(pkt: DhcpPacket, opts: dict[int, bytes]) -> None:
+    """Options a server must copy back: client identifier (RFC 6842), relay agent info (3046)."""
+    client_id = pkt.options.get(OPT_CLIENT_ID)
+    if client_id is not None:
+        opts[OPT_CLIENT_ID] = client_id
+    if pkt.giaddr != ZERO_IP:
+        agent = pkt.options.get(OPT_RELAY_AGENT)
+        if agent is not None:
+            opts[OPT_RELAY_AGENT] = agent
 
 
 def _destination(pkt: DhcpPacket, yiaddr: IPv4Address) -> tuple[tuple[str, int], bool]:

@@ -518,3 +518,63 @@ def test_fuzzed_packets_never_raise(h: Harness) -> None:
         h.send(bytes(data))
     assert h.server.stats["errors"] == 0
     assert h.server.stats["received"] == 4000
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_decline_of_a_reserved_address_keeps_the_reservation(h: Harness) -> None:
+    h.dora(MASTER)
+    decision = h.none(client_packet("decline", MASTER, ("server_id", SERVER), ("requested_addr", "10.20.17.253")))
+    assert decision.action == "IGNORE" and "reserved" in decision.reason
+    assert h.store.by_address(ip("10.20.17.253")).mac == MASTER  # type: ignore[union-attr]
+    assert h.one(client_packet("discover", MASTER))[0].yiaddr == ip("10.20.17.253")
+
+
+def test_reserved_address_inside_the_pool_is_never_given_from_it() -> None:
+    """The config rejects such a reservation; the core does not rely on that alone."""
+    cfg = config()
+    squatter = dataclasses.replace(cfg.hosts[0], name="inpool", mac=mac(99), address=ip("10.20.17.10"))
+    h = Harness(dataclasses.replace(cfg, hosts=(*cfg.hosts, squatter)))
+    assert h.dora(mac(1)).yiaddr == ip("10.20.17.11")
+    offer, _, _ = h.one(client_packet("discover", mac(2), ("requested_addr", "10.20.17.10")))
+    assert offer.yiaddr == ip("10.20.17.12")
+    assert h.dora(mac(99)).yiaddr == ip("10.20.17.10")
+
+
+def test_client_id_and_relay_agent_information_are_echoed(h: Harness) -> None:
+    client_id = b"\x01" + bytes.fromhex("525400000001")
+    agent = b"\x01\x04eth3"
+    offer, _, _ = h.one(client_packet("discover", mac(1), ("client_id", client_id), (82, agent),
+                                      giaddr="10.20.17.1"))
+    assert offer.options[61] == client_id and offer.options[82] == agent
+    nak, _, _ = h.one(client_packet("request", mac(1), ("server_id", SERVER), ("requested_addr", "10.20.17.14"),
+                                    ("client_id", client_id), (82, agent), giaddr="10.20.17.1"))
+    assert nak.message_type == 6 and nak.options[82] == agent and nak.options[61] == client_id
+    direct, _, _ = h.one(client_packet("discover", mac(2), (82, agent)))
+    assert 82 not in direct.options and 61 not in direct.options
+
+
+def test_reply_flags_keep_only_the_broadcast_bit(h: Harness) -> None:
+    offer, _, _ = h.one(client_packet("discover", mac(1), flags=0x8001))
+    assert offer.flags == 0x8000
+    offer, _, _ = h.one(client_packet("discover", mac(2), flags=0x0001))
+    assert offer.flags == 0
+
+
+def test_malformed_decision_names_the_mac_when_it_can(h: Harness) -> None:
+    data = client_packet("discover", mac(5))[:240] + bytes([53, 1, 1, 12, 99])
+    assert h.none(data).mac == mac(5)
+
+
+def test_bookkeeping_stays_bounded_under_churn() -> None:
+    h = Harness(config(CONFIG.replace("dhcp:\n", "dhcp:\n  lease_time: 60\n")))
+    for n in range(1, 4):
+        h.dora(mac(n))
+    for _ in range(1500):  # renewals and unanswered offers, over and over
+        h.now += 31
+        h.one(client_packet("request", mac(1), ciaddr="10.20.17.10"))
+        h.one(client_packet("discover", mac(4 + int(h.now) % 50)))
+    assert len(h.server._expiring) <= 2 * len(h.store) + 1024
+    assert len(h.server._returned) <= 2 * 4 + 1024
+    assert h.server.stats["errors"] == 0
