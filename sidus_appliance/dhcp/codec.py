@@ -136,7 +136,7 @@ def parse(data: bytes) -> DhcpPacket:
     return DhcpPacket(
         op, htype, hlen, hops, xid, secs, flags,
         IPv4Address(ci), IPv4Address(yi), IPv4Address(si), IPv4Address(gi),
-        chaddr, sname.rstrip(b"\0"), file.rstrip(b"\0"), options,
+        chaddr, sname.partition(b"\0")[0], file.partition(b"\0")[0], options,  # C strings
     )
 
 

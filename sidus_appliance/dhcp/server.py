@@ -507,9 +507,10 @@ class DhcpServer:
         boot_file = client.boot_file
         siaddr, file = ZERO_IP, b""
         if boot_file is not None:
-            siaddr, file = self._server_ip, boot_file.encode()
+            siaddr, name = self._server_ip, boot_file.encode()
+            file = name if len(name) < 128 else b""  # too long for the field: option 67 only
             opts[OPT_TFTP_SERVER] = self._next_server
-            opts[OPT_BOOTFILE] = file
+            opts[OPT_BOOTFILE] = name
             if client.vendor_pxe:
                 opts[OPT_VENDOR_CLASS] = b"PXEClient"
                 opts[OPT_VENDOR_SPECIFIC] = PXE_VENDOR_OPTIONS

@@ -159,3 +159,8 @@ def test_fuzz_only_malformed_packet_escapes() -> None:
         with pytest.raises(MalformedPacket):
             parse(rng.randbytes(rng.randint(0, 600)))  # no magic cookie: always rejected
     assert parsed > 100  # mutations of padding and values still parse
+
+
+def test_sname_and_file_are_c_strings() -> None:
+    pkt = parse(packet(bytes([53, 1, 1, 255]), sname=b"srv\0junk", file=b"pxelinux.0\0old-name"))
+    assert (pkt.sname, pkt.file) == (b"srv", b"pxelinux.0")

@@ -578,3 +578,11 @@ def test_bookkeeping_stays_bounded_under_churn() -> None:
     assert len(h.server._expiring) <= 2 * len(h.store) + 1024
     assert len(h.server._returned) <= 2 * 4 + 1024
     assert h.server.stats["errors"] == 0
+
+
+def test_boot_file_too_long_for_the_bootp_field_goes_in_option_67_only() -> None:
+    cfg = config()
+    name = "efi64/" + "x" * 150 + ".efi"
+    h = Harness(dataclasses.replace(cfg, dhcp=dataclasses.replace(cfg.dhcp, boot_files={7: name})))
+    offer, _, decision = h.one(client_packet("discover", mac(1), *PXE7))
+    assert offer.file == b"" and offer.options[67] == name.encode() and decision.boot_file == name
