@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its DEBUG is netlink dumps
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

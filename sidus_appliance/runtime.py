@@ -90,7 +90,6 @@ class Appliance:
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        check_interface(self.config)
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.leases = LeaseStore(self.config.state_dir / LEASES_FILE)
         log.info("leases: %d loaded from %s", len(self.leases.all()), self.config.state_dir / LEASES_FILE)
@@ -152,6 +151,8 @@ def serve(config_path: Path) -> int:
     config = load_config(config_path)
     appliance = Appliance(config, config_path)
     try:
+        # Before the loop starts: pyroute2's synchronous API runs an event loop of its own.
+        check_interface(config)
         asyncio.run(appliance.run())
     except StartupError as exc:
         log.error("%s", exc)

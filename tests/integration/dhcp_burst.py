@@ -45,6 +45,8 @@ def main() -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # No default route in the client namespace: the limited broadcast needs the device named.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
     sock.bind(("0.0.0.0", 68))
     sock.settimeout(1.0)
     for i in range(count):

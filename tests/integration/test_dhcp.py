@@ -129,9 +129,9 @@ def test_sigkill_during_burst_loses_no_acknowledged_lease(
                 break
     finally:
         burst.kill()
-        burst.wait()
+        _, errors = burst.communicate()
+    assert len(acked) == 40, f"burst stopped early: {errors}"
     appliance.process.wait(10)
-    assert len(acked) == 40
     store = LeaseStore(appliance.config_path.parent / "state" / "leases.journal")
     try:
         kept = {lease.mac: str(lease.address) for lease in store.all() if lease.state == "bound"}
