@@ -124,6 +124,9 @@ class LeaseStore:
     def __len__(self) -> int:
         return len(self._by_mac)
 
+    def __bool__(self) -> bool:  # an empty table is still a store: `if leases:` must not lie
+        return True
+
     def subscribe(self, callback: Subscriber) -> None:
         """`callback(old, new)` after every change; (None, new) added, (old, None) removed.
 

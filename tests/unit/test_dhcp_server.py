@@ -586,3 +586,69 @@ def test_boot_file_too_long_for_the_bootp_field_goes_in_option_67_only() -> None
     h = Harness(dataclasses.replace(cfg, dhcp=dataclasses.replace(cfg.dhcp, boot_files={7: name})))
     offer, _, decision = h.one(client_packet("discover", mac(1), *PXE7))
     assert offer.file == b"" and offer.options[67] == name.encode() and decision.boot_file == name
+
+
+def _brute_force_lowest_free(h: Harness) -> IPv4Address | None:
+    pool = h.server.config.dhcp.pool
+    assert pool is not None
+    reserved = {host.address for host in h.server.config.hosts}
+    for address in pool.addresses():
+        if address not in reserved and h.store.by_address(address) is None:
+            return address
+    return None
+
+
+def test_random_walk_keeps_the_lease_table_consistent() -> None:
+    """Random clients, message types, clock jumps and reloads; after each step the table obeys
+    every rule and the O(1) free-address bookkeeping agrees with a brute-force scan."""
+    import random
+
+    rng = random.Random(2026)
+    base = CONFIG.replace("dhcp:\n", "dhcp:\n  lease_time: 600\n").replace("end: 10.20.17.14", "end: 10.20.17.30")
+    reload_extra = f'  - {{name: late, mac: "{mac(3)}", address: 10.20.17.200}}\n'
+    configs = [config(base), config(base + reload_extra),
+               config(base.replace("start: 10.20.17.10", "start: 10.20.17.16") + reload_extra)]
+    h = Harness(configs[0])
+    macs = [mac(n) for n in range(1, 40)] + [MASTER]
+    for step in range(3000):
+        m = rng.choice(macs)
+        lease = h.store.by_mac(m)
+        held = str(lease.address) if lease is not None else f"10.20.17.{rng.randint(1, 40)}"
+        roll = rng.random()
+        if roll < 0.35:
+            data = client_packet("discover", m, ("requested_addr", f"10.20.17.{rng.randint(5, 35)}"))
+        elif roll < 0.6:
+            data = client_packet("request", m, ("server_id", SERVER), ("requested_addr", held))
+        elif roll < 0.7:
+            data = client_packet("request", m, ("requested_addr", held))
+        elif roll < 0.8:
+            data = client_packet("request", m, ciaddr=held)
+        elif roll < 0.85:
+            data = client_packet("decline", m, ("requested_addr", held))
+        elif roll < 0.9:
+            data = client_packet("release", m, ciaddr=held)
+        elif roll < 0.99:
+            h.now += rng.choice([1, 30, 61, 700, 4000])
+            continue
+        else:
+            h.server.reload(rng.choice(configs))
+            continue
+        replies, decision = h.send(data)
+        cfg = h.server.config
+        hosts = {host.mac: host for host in cfg.hosts}
+        reserved = {host.address: host.mac for host in cfg.hosts}
+        pool = cfg.dhcp.pool
+        assert pool is not None
+        for reply in replies:
+            out = parse(reply.data)
+            if out.message_type in (2, 5) and out.yiaddr != ip("0.0.0.0"):
+                owner = h.store.by_address(out.yiaddr)
+                assert owner is not None and owner.mac == m, (step, decision)
+        for le in h.store.all():
+            if le.mac in hosts:
+                assert le.address == hosts[le.mac].address, (step, le)
+            else:
+                assert le.address in pool and le.address not in reserved, (step, le)
+        assert h.server._lowest_free() == _brute_force_lowest_free(h), step
+    assert h.server.stats["errors"] == 0
+    assert h.server.stats["ACK"] > 100 and h.server.stats["QUARANTINE"] > 5 and h.server.stats["NAK"] > 10

@@ -30,6 +30,7 @@ def path(tmp_path: Path) -> Path:
 
 def test_commit_lookup_remove_in_memory() -> None:
     store = InMemoryLeaseStore()
+    assert store and len(store) == 0
     a = lease(1)
     store.commit(a)
     assert store.by_mac(a.mac) == a
