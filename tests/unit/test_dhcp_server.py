@@ -652,3 +652,24 @@ def test_random_walk_keeps_the_lease_table_consistent() -> None:
         assert h.server._lowest_free() == _brute_force_lowest_free(h), step
     assert h.server.stats["errors"] == 0
     assert h.server.stats["ACK"] > 100 and h.server.stats["QUARANTINE"] > 5 and h.server.stats["NAK"] > 10
+
+
+def test_reload_renames_leases_so_dns_follows(h: Harness) -> None:
+    h.dora(mac(1))
+    h.dora(MASTER)
+    renamed = CONFIG.replace("{start: 10.20.17.10, end: 10.20.17.14}",
+                             '{start: 10.20.17.10, end: 10.20.17.14, hostname: "node-{octet}"}')
+    renamed = renamed.replace("name: master", "name: boss")
+    seen: list[str] = []
+    h.store.subscribe(lambda old, new: seen.append(new.hostname if new else "-"))
+    h.server.reload(config(renamed))
+    assert h.store.by_mac(mac(1)).hostname == "node-10"  # type: ignore[union-attr]
+    assert h.store.by_mac(MASTER).hostname == "boss"  # type: ignore[union-attr]
+    assert sorted(seen) == ["boss", "node-10"]
+    assert h.one(client_packet("discover", mac(1)))[0].options[12] == b"node-10"
+
+
+def test_release_must_name_the_clients_address(h: Harness) -> None:
+    h.dora(mac(1))
+    assert h.none(client_packet("release", mac(1), ciaddr="10.20.17.13")).action == "IGNORE"
+    assert h.store.by_mac(mac(1)) is not None
