@@ -216,7 +216,11 @@ class DhcpServer:
             return [], Decision(mac, "?", "DROP", reason=f"malformed: {exc}")
         try:
             replies, decision = self._dispatch(pkt, now)
-        except Exception as exc:  # a bug or a failing disk must not stop the server
+        except OSError as exc:  # journal write failed (disk full, EIO): no ACK without a durable lease
+            self.stats["store_errors"] += 1
+            log.error("dhcp: lease store failed for %s: %s", pkt.mac, exc)
+            replies, decision = [], Decision(pkt.mac, _name(pkt.message_type), "DROP", reason=f"lease store: {exc}")
+        except Exception as exc:  # a bug must not stop the server either
             self.stats["errors"] += 1
             log.exception("dhcp: error handling a packet from %s", pkt.mac)
             replies, decision = [], Decision(pkt.mac, _name(pkt.message_type), "DROP", reason=f"error: {exc}")

@@ -673,3 +673,20 @@ def test_release_must_name_the_clients_address(h: Harness) -> None:
     h.dora(mac(1))
     assert h.none(client_packet("release", mac(1), ciaddr="10.20.17.13")).action == "IGNORE"
     assert h.store.by_mac(mac(1)) is not None
+
+
+def test_no_ack_when_the_journal_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(store=LeaseStore(tmp_path / "leases.journal"))
+    offer, _, _ = h.one(client_packet("discover", mac(1)))  # offers are not journalled
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sidus_appliance.dhcp.leases.os.write", disk_full)
+    request = client_packet("request", mac(1), ("server_id", SERVER), ("requested_addr", str(offer.yiaddr)))
+    decision = h.none(request)
+    assert decision.action == "DROP" and "No space" in decision.reason
+    assert h.server.stats["store_errors"] == 1 and h.server.stats["errors"] == 0
+    assert h.store.by_mac(mac(1)).state == "offered"  # type: ignore[union-attr]
+    monkeypatch.undo()
+    assert h.one(request)[0].message_type == 5  # the client's retry succeeds once the disk is back
