@@ -315,6 +315,17 @@ env | sort > "{out}.$$"
 mv "{out}.$$" "{out}.${{reason:-$1}}"
 exit 0
 """
+# With configure=True, udhcpc's script also puts the address on the interface, as a real
+# client would, so that DNS and TFTP can be reached from the namespace afterwards.
+_CONFIGURE_SCRIPT = """#!/bin/sh
+if [ "$1" = bound ] || [ "$1" = renew ]; then
+  ip addr flush dev "$interface"
+  ip addr add "$ip/${{mask:-24}}" dev "$interface"
+fi
+env | sort > "{out}.$$"
+mv "{out}.$$" "{out}.${{reason:-$1}}"
+exit 0
+"""
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -333,12 +344,13 @@ def run_udhcpc(
     hostname: str | None = None,
     timeout: float = 30,
     extra: Sequence[str] = (),
+    configure: bool = False,
 ) -> dict[str, str]:
     """busybox udhcpc, once, in the client's namespace; returns the script's environment on `bound`."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "udhcpc"
     script = workdir / "udhcpc.sh"
-    script.write_text(_RECORD_SCRIPT.format(out=out))
+    script.write_text((_CONFIGURE_SCRIPT if configure else _RECORD_SCRIPT).format(out=out))
     script.chmod(0o755)
     command = ["udhcpc", "-i", client.interface, "-f", "-q", "-n", "-t", "5", "-T", "2", "-s", str(script)]
     if arch is not None:

@@ -27,8 +27,6 @@ class StartupError(Exception):
 
 
 class Service(Protocol):
-    name: str
-
     async def start(self) -> None: ...
     def close(self) -> None: ...
     def reload(self, config: Config) -> None: ...
@@ -50,20 +48,21 @@ def check_interface(config: Config) -> None:
         )
 
 
-def build_services(config: Config, leases: LeaseStore) -> list[Service]:
-    services: list[Service] = []
+def build_services(config: Config, leases: LeaseStore) -> dict[str, Service]:
+    """The enabled services by name, in start order (DHCP last would leave clients without DNS)."""
+    services: dict[str, Service] = {}
     if config.dhcp.enabled:
         from .dhcp.service import DhcpService
 
-        services.append(DhcpService(config, leases, logging.getLogger("sidus.dhcp")))
+        services["dhcp"] = DhcpService(config, leases, logging.getLogger("sidus.dhcp"))
     if config.dns.enabled:
         from .dns.service import DnsService
 
-        services.append(DnsService(config, leases, logging.getLogger("sidus.dns")))
+        services["dns"] = DnsService(config, leases, logging.getLogger("sidus.dns"))
     if config.tftp.enabled:
         from .tftp.service import TftpService
 
-        services.append(TftpService(config, leases, logging.getLogger("sidus.tftp")))
+        services["tftp"] = TftpService(config, leases, logging.getLogger("sidus.tftp"))
     return services
 
 
@@ -85,29 +84,35 @@ class Appliance:
     def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.services: list[Service] = []
+        self.services: dict[str, Service] = {}
         self.leases: LeaseStore | None = None
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.leases = LeaseStore(self.config.state_dir / LEASES_FILE)
+        if self.leases.readonly:
+            self.leases.close()
+            raise StartupError(
+                f"state_dir: {self.config.state_dir / LEASES_FILE} is locked by another running appliance; "
+                "refusing to start a second one on the same leases"
+            )
         log.info("leases: %d loaded from %s", len(self.leases.all()), self.config.state_dir / LEASES_FILE)
         try:
-            for service in build_services(self.config, self.leases):
+            for name, service in build_services(self.config, self.leases).items():
                 try:
                     await service.start()
                 except OSError as exc:
-                    raise StartupError(f"{service.name}: cannot bind: {exc}") from None
-                self.services.append(service)
+                    raise StartupError(f"{name}: cannot bind: {exc}") from None
+                self.services[name] = service
             if self.config.user:
                 drop_privileges(self.config.user, self.config.state_dir)
             self._install_signals()
-            names = ", ".join(s.name for s in self.services) or "nothing"
+            names = ", ".join(self.services) or "nothing"
             log.info("ready: serving %s on %s (%s)", names, self.config.interface, self.config.address)
             await self.stopping.wait()
         finally:
-            for service in reversed(self.services):
+            for service in reversed(list(self.services.values())):
                 with contextlib.suppress(Exception):
                     service.close()
             self.leases.close()
@@ -139,11 +144,11 @@ class Appliance:
             log.warning("reload: %s changed; restart to apply those (the rest is applied now)", ", ".join(changed))
             new = new.with_overrides(**{k: getattr(self.config, k) for k in changed})
         self.config = new
-        for service in self.services:
+        for name, service in self.services.items():
             try:
                 service.reload(new)
             except Exception:
-                log.exception("reload of %s failed", service.name)
+                log.exception("reload of %s failed", name)
         log.info("reloaded %s: %d reservations", self.config_path, len(new.hosts))
 
 

@@ -29,7 +29,7 @@ BROADCAST = ("255.255.255.255", 68)
 
 def _arpreq(ip: IPv4Address, mac: str, device: str) -> bytes:
     """struct arpreq: protocol address, hardware address, flags, netmask, device."""
-    pa = struct.pack("!HH4s8x", socket.AF_INET, 0, ip.packed)
+    pa = struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", 0, ip.packed)  # sa_family is host order
     ha = struct.pack("=H6s8x", ARPHRD_ETHER, bytes.fromhex(mac.replace(":", "")))
     netmask = bytes(16)
     return pa[:16] + ha + struct.pack("=i", ATF_COM) + netmask + device.encode()[:15].ljust(16, b"\0")

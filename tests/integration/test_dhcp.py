@@ -10,8 +10,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from sidus_appliance.dhcp.leases import LeaseStore
 
+from sidus_appliance.dhcp.leases import LeaseStore
 from sidus_appliance.lab import ClientPort, Lab, run_dhclient, run_udhcpc
 
 from ..conftest import StartAppliance
