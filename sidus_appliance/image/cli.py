@@ -1,0 +1,86 @@
+"""`image build|chroot|list`, registered by cli.py through add_subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from ..config import load_config
+from .builder import STEPS, BuildError, build, instance_root
+from .chrootenv import ChrootError, shell
+from .instances import format_instances, list_instances
+from .profiles import PROFILES
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    password = None
+    if args.ask_password:
+        password = getpass.getpass(f"root password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            print("passwords differ", file=sys.stderr)
+            return 2
+        if not password:
+            print("an empty root password is not allowed", file=sys.stderr)
+            return 2
+    try:
+        build(config, args.name, args.suite, args.arch, args.profile, print, password,
+              mirror=args.mirror, cache_dir=args.cache_dir, redo=args.redo or ())
+    except BuildError as exc:
+        print(f"image build: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_chroot(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    root = instance_root(config, args.name)
+    if not (root / "bin").exists() and not (root / "usr/bin").exists():
+        print(f"{root} is not an instance root (build it with `image build {args.name}`)", file=sys.stderr)
+        return 2
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    try:
+        return shell(root, command)
+    except ChrootError as exc:
+        print(f"image chroot: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(format_instances(list_instances(config, sizes=not args.no_size)), end="")
+    return 0
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    from ..cli import _config_arg
+
+    parser = sub.add_parser("image", help="build and maintain shared Debian roots (instances)")
+    verbs = parser.add_subparsers(dest="image_command", required=True)
+
+    p = verbs.add_parser("build", help="debootstrap an instance and make it NFS-bootable (resumable)")
+    _config_arg(p)
+    p.add_argument("name")
+    p.add_argument("--suite", default="bookworm")
+    p.add_argument("--arch", default="amd64")
+    p.add_argument("--profile", default="minimal", choices=sorted(PROFILES))
+    p.add_argument("--mirror", help="Debian mirror (default: the host's apt sources)")
+    p.add_argument("--cache-dir", type=Path, help="reuse/keep the debootstrap base tarball and .debs here")
+    p.add_argument("--ask-password", action="store_true", help="ask for the root password (default: generate one)")
+    p.add_argument("--redo", action="append", choices=STEPS, help="run this step again even if done")
+    p.set_defaults(func=cmd_build)
+
+    p = verbs.add_parser("chroot", help="run a command in an instance (mounts set up and torn down)")
+    _config_arg(p)
+    p.add_argument("name")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... (default: a login shell)")
+    p.set_defaults(func=cmd_chroot)
+
+    p = verbs.add_parser("list", help="instances with their state, kernels and size")
+    _config_arg(p)
+    p.add_argument("--no-size", action="store_true", help="skip du (fast)")
+    p.set_defaults(func=cmd_list)
