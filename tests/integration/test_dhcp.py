@@ -207,3 +207,19 @@ def test_malformed_packets_do_not_stop_the_server(lab: Lab, start_appliance: Sta
     assert in_pool(run_udhcpc(client, tmp_path / "u", arch=0)["ip"])
     assert appliance.process.poll() is None
     assert "dropped packet" in appliance.log()
+
+
+def test_drops_root_after_binding_and_keeps_serving(
+    start_appliance: StartAppliance, client: ClientPort, tmp_path: Path
+) -> None:
+    appliance = start_appliance({"user": "nobody", **DHCP_ONLY})
+    appliance.wait_log("dropped privileges to nobody")
+    status = Path(f"/proc/{appliance.pid}/status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {"65534"}
+    env = run_udhcpc(client, tmp_path / "u", arch=0)
+    assert in_pool(env["ip"])
+    appliance.stop()
+    with LeaseStore(appliance.config_path.parent / "state" / "leases.journal") as store:
+        lease = store.by_mac(client.mac)
+        assert lease is not None and str(lease.address) == env["ip"]
