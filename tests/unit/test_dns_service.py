@@ -1,0 +1,205 @@
+"""The asyncio DnsService on 127.0.0.1 (high port, no root): UDP, TCP, AXFR, lease-driven
+rebuilds with serial bumps, SIGHUP reload, forwarding to a fake upstream, and SERVFAIL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+import pytest
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+
+from sidus_appliance.config import Config
+from sidus_appliance.dhcp.leases import InMemoryLeaseStore
+from sidus_appliance.dns.service import DnsService, next_serial
+
+from .test_dns_helpers import config, lease, query
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (we bind both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def lab_config(port: int, **dns: object) -> Config:
+    return config(dns={"port": port, "listen": ["127.0.0.1"], "recursion_allowed": ["127.0.0.0/8"],
+                       "transfer_allowed": ["127.0.0.1/32"], **dns})
+
+
+async def udp(port: int, data: bytes, timeout: float = 2.0) -> bytes:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_sendto(sock, data, ("127.0.0.1", port))
+        reply, _ = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), timeout)
+        return reply
+    finally:
+        sock.close()
+
+
+async def tcp(port: int, data: bytes, messages: int = 1) -> list[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(struct.pack("!H", len(data)) + data)
+        out = []
+        for _ in range(messages):
+            (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))
+            out.append(await reader.readexactly(size))
+        return out
+    finally:
+        writer.close()
+
+
+def run(test: Callable[[DnsService, InMemoryLeaseStore, int], object], **dns: object) -> None:
+    async def main() -> None:
+        port = free_port()
+        leases = InMemoryLeaseStore()
+        service = DnsService(lab_config(port, **dns), leases, logging.getLogger("test.dns"))
+        await service.start()
+        try:
+            await test(service, leases, port)  # type: ignore[misc]
+        finally:
+            service.close()
+
+    asyncio.run(main())
+
+
+def test_udp_and_tcp_answers() -> None:
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        reply = DNSRecord.parse(await udp(port, query("filer.sidus.zone")))
+        assert [str(rr.rdata) for rr in reply.rr] == ["gateway.sidus.zone.", "10.20.17.254"]
+        (over_tcp,) = await tcp(port, query("253.17.20.10.in-addr.arpa", "PTR"))
+        assert str(DNSRecord.parse(over_tcp).rr[0].rdata) == "master.sidus.zone."
+
+    run(body)
+
+
+def test_axfr_over_tcp() -> None:
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        q = query("sidus.zone", "AXFR")
+        writer.write(struct.pack("!H", len(q)) + q)
+        records = []
+        while len([r for r in records if r.rtype == QTYPE.SOA]) < 2:
+            (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))
+            records += DNSRecord.parse(await reader.readexactly(size)).rr
+        writer.close()
+        assert len(records) == len(service.zone.transfer("sidus.zone"))
+
+    run(body)
+
+
+def test_lease_changes_visible_within_a_second_and_serial_grows() -> None:
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        async def a(name: str) -> DNSRecord:
+            return DNSRecord.parse(await udp(port, query(name)))
+
+        async def serial() -> int:
+            return DNSRecord.parse(await udp(port, query("sidus.zone", "SOA"))).rr[0].rdata.times[0]
+
+        first = await serial()
+        assert (await a("carol.sidus.zone")).header.rcode == RCODE.NXDOMAIN
+        leases.commit(lease("10.20.17.60", "dhcp-60", client="carol", state="offered"))
+        leases.commit(lease("10.20.17.60", "dhcp-60", client="carol"))
+        start = time.monotonic()
+        while (await a("carol.sidus.zone")).header.rcode != RCODE.NOERROR:
+            assert time.monotonic() - start < 1.0, "name not visible within 1 s of the lease"
+            await asyncio.sleep(0.02)
+        second = await serial()
+        assert second > first
+        ptr = DNSRecord.parse(await udp(port, query("60.17.20.10.in-addr.arpa", "PTR")))
+        assert str(ptr.rr[0].rdata) == "carol.sidus.zone."
+        leases.remove(lease("10.20.17.60", "dhcp-60").mac)  # release: both directions revert
+        await asyncio.sleep(0.5)
+        assert (await a("carol.sidus.zone")).header.rcode == RCODE.NXDOMAIN
+        ptr = DNSRecord.parse(await udp(port, query("60.17.20.10.in-addr.arpa", "PTR")))
+        assert str(ptr.rr[0].rdata) == "dhcp-60.sidus.zone."
+        assert await serial() > second
+
+    run(body)
+
+
+def test_reload_rebuilds_zone_and_policy() -> None:
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        before = service.zone.serial
+        new = lab_config(port, records=[{"name": "nas", "type": "A", "value": "10.20.17.5"}], transfer_allowed=[])
+        service.reload(new)
+        assert service.zone.serial > before
+        reply = DNSRecord.parse(await udp(port, query("nas.sidus.zone")))
+        assert [str(rr.rdata) for rr in reply.rr] == ["10.20.17.5"]
+        (refused,) = await tcp(port, query("sidus.zone", "AXFR"))
+        assert DNSRecord.parse(refused).header.rcode == RCODE.REFUSED
+
+    run(body)
+
+
+class FakeUpstream(asyncio.DatagramProtocol):
+    """Answers every A question with 192.0.2.1, or stays silent."""
+
+    def __init__(self, silent: bool = False) -> None:
+        self.silent = silent
+        self.seen: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.seen.append(data)
+        if not self.silent:
+            reply = DNSRecord.parse(data).reply()
+            reply.add_answer(RR(str(DNSRecord.parse(data).q.qname), rdata=A("192.0.2.1")))
+            self.transport.sendto(bytes(reply.pack()), addr)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("silent", [False, True])
+def test_forwarding_and_servfail_on_timeout(silent: bool) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fake = FakeUpstream(silent)
+        upstream, _ = await loop.create_datagram_endpoint(lambda: fake, local_addr=("127.0.0.1", 0))
+        up_port = upstream.get_extra_info("sockname")[1]
+        port = free_port()
+        cfg = lab_config(port, upstream=[f"127.0.0.1:{up_port}"], forward_timeout=0.3)
+        service = DnsService(cfg, InMemoryLeaseStore(), logging.getLogger("test.dns"))
+        await service.start()
+        try:
+            q = query("www.example.org", qid=0x4242)
+            start = time.monotonic()
+            reply = DNSRecord.parse(await udp(port, q))
+            assert reply.header.id == 0x4242
+            if silent:
+                assert reply.header.rcode == RCODE.SERVFAIL and 0.25 < time.monotonic() - start < 1.5
+            else:
+                assert [str(rr.rdata) for rr in reply.rr] == ["192.0.2.1"]
+                assert fake.seen[0][2:] == q[2:]  # the client's query, under an ID of our own
+            # Zone answers are not held up by a slow upstream.
+            pending = asyncio.ensure_future(udp(port, query("www.example.net")))
+            local = DNSRecord.parse(await udp(port, query("gateway.sidus.zone")))
+            assert str(local.rr[0].rdata) == str(IPv4Address("10.20.17.254"))
+            await pending
+        finally:
+            service.close()
+            upstream.close()
+
+    asyncio.run(main())
+
+
+def test_next_serial_is_monotonic() -> None:
+    assert next_serial(5, 3.0) == 6
+    assert next_serial(5, 1_000_000.5) == 1_000_000
