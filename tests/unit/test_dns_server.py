@@ -113,7 +113,8 @@ def test_axfr_tcp_only_and_only_for_allowed() -> None:
     assert isinstance(messages, list) and len(messages) > 1
     records = [rr for m in messages for rr in parse(m).rr]
     assert QTYPE[records[0].rtype] == "SOA" and QTYPE[records[-1].rtype] == "SOA"
-    assert ("master.sidus.zone.", "A", "10.20.17.253") in [(str(r.rname), QTYPE[r.rtype], str(r.rdata)) for r in records]
+    triples = [(str(r.rname), QTYPE[r.rtype], str(r.rdata)) for r in records]
+    assert ("master.sidus.zone.", "A", "10.20.17.253") in triples
     reverse = core.handle_tcp(query("17.20.10.in-addr.arpa", "AXFR"), "10.20.17.252")
     assert sum(len(parse(m).rr) for m in reverse) == 2 + 1 + 242  # SOA twice, NS, PTRs
     (refused,) = core.handle_tcp(query("sidus.zone", "AXFR"), INSIDE)

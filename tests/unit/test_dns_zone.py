@@ -69,7 +69,8 @@ def test_client_name_cannot_steal_static_reserved_or_pool_names() -> None:
 
 
 def test_contested_client_name_goes_to_the_later_lease() -> None:
-    zone = build_zone(config(), [lease("10.20.17.42", "dhcp-42", client="pc"), lease("10.20.17.43", "dhcp-43", client="pc")])
+    leases = [lease("10.20.17.42", "dhcp-42", client="pc"), lease("10.20.17.43", "dhcp-43", client="pc")]
+    zone = build_zone(config(), leases)
     assert rdata(zone, "pc.sidus.zone", "A") == ["10.20.17.43"]
     assert rdata(zone, "42.17.20.10.in-addr.arpa", "PTR") == ["dhcp-42.sidus.zone."]
 
