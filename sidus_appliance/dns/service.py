@@ -239,10 +239,11 @@ class DnsService:
             upstream_id = secrets.token_bytes(2)
             query = upstream_id + action.query[2:]
             try:
-                if action.tcp:
+                # UDP first, whatever the client used; TCP only when a TCP client would
+                # otherwise get a truncated answer (upstreams need not listen on TCP).
+                answer = await self._ask_udp(host, port, query, action, upstream_id, timeout)
+                if action.tcp and answer is not None and answer[2] & 0x02:
                     answer = await asyncio.wait_for(self._ask_tcp(host, port, query, action, upstream_id), timeout)
-                else:
-                    answer = await self._ask_udp(host, port, query, action, upstream_id, timeout)
             except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError) as exc:
                 self.core.stats["upstream_failures"] += 1
                 self.log.debug("dns: upstream %s:%d failed: %r", host, port, exc)

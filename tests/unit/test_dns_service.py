@@ -188,6 +188,8 @@ def test_forwarding_and_servfail_on_timeout(silent: bool) -> None:
             else:
                 assert [str(rr.rdata) for rr in reply.rr] == ["192.0.2.1"]
                 assert fake.seen[0][2:] == q[2:]  # the client's query, under an ID of our own
+                (over_tcp,) = await tcp(port, query("www.example.com"))  # UDP upstream serves TCP clients too
+                assert [str(rr.rdata) for rr in DNSRecord.parse(over_tcp).rr] == ["192.0.2.1"]
             # Zone answers are not held up by a slow upstream.
             pending = asyncio.ensure_future(udp(port, query("www.example.net")))
             local = DNSRecord.parse(await udp(port, query("gateway.sidus.zone")))
