@@ -63,7 +63,7 @@ from .codec import (
     encode,
     parse,
 )
-from .leases import BOUND, DECLINED, OFFERED, Lease, LeaseStore
+from .leases import BOUND, DECLINED, OFFERED, Lease, LeaseStore, LeaseStoreError
 
 log = logging.getLogger("sidus.dhcp")
 
@@ -158,6 +158,9 @@ class DhcpServer:
         self._hosts: dict[str, Host] = {h.mac: h for h in config.hosts}
         self._reserved: dict[IPv4Address, Host] = {h.address: h for h in config.hosts}
         self._server_ip = config.server_ip
+        # Never lease the infrastructure's own addresses, even if the pool range covers them.
+        self._excluded = frozenset((config.server_ip, config.gateway, *config.dns_servers,
+                                    config.subnet.network_address, config.subnet.broadcast_address))
         self._server_id = config.server_ip.packed
         self._subnet = config.subnet
         self._common = {
@@ -180,11 +183,14 @@ class DhcpServer:
         """Reservations win over leases; leases outside the pool go; rebuild the free lists."""
         for lease in self.leases.all():
             wanted = self._valid_name(lease)
-            if wanted is None:
-                log.info("dhcp: dropping lease %s %s (reservation or pool changed)", lease.mac, lease.address)
-                self.leases.remove(lease.mac)
-            elif wanted != lease.hostname and lease.state == BOUND:
-                self.leases.commit(_replace_hostname(lease, wanted))
+            try:
+                if wanted is None:
+                    log.info("dhcp: dropping lease %s %s (reservation or pool changed)", lease.mac, lease.address)
+                    self.leases.remove(lease.mac)
+                elif wanted != lease.hostname and lease.state == BOUND:
+                    self.leases.commit(_replace_hostname(lease, wanted))
+            except (OSError, LeaseStoreError) as exc:  # a reload must not die half-way on a full disk
+                log.error("dhcp: cannot update lease %s: %s", lease.mac, exc)
         self._cursor = int(self._pool.start) if self._pool else 0
         self._returned = []
         self._holds = []
@@ -197,7 +203,8 @@ class DhcpServer:
         host = self._hosts.get(lease.mac)
         if host is not None:
             return host.name if lease.address == host.address else None
-        if lease.address in self._reserved or self._pool is None or lease.address not in self._pool:
+        if (lease.address in self._reserved or lease.address in self._excluded
+                or self._pool is None or lease.address not in self._pool):
             return None
         if lease.state == DECLINED:
             return lease.hostname
@@ -387,7 +394,7 @@ class DhcpServer:
 
     def _usable(self, address: IPv4Address, mac: str) -> bool:
         """May `mac` keep `address`? In the pool and not reserved for someone else."""
-        if self._pool is None or address not in self._pool or address in self._reserved:
+        if self._pool is None or address not in self._pool or address in self._reserved or address in self._excluded:
             return False
         holder = self.leases.by_address(address)
         return holder is None or holder.mac == mac
@@ -397,7 +404,7 @@ class DhcpServer:
             self._pool is not None
             and address in self._pool
             and address not in self._reserved
-            and address != self._server_ip
+            and address not in self._excluded
             and self.leases.by_address(address) is None
         )
 

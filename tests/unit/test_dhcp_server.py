@@ -690,3 +690,11 @@ def test_no_ack_when_the_journal_cannot_be_written(tmp_path: Path, monkeypatch: 
     assert h.store.by_mac(mac(1)).state == "offered"  # type: ignore[union-attr]
     monkeypatch.undo()
     assert h.one(request)[0].message_type == 5  # the client's retry succeeds once the disk is back
+
+
+def test_infrastructure_addresses_inside_the_pool_are_skipped() -> None:
+    text = CONFIG.replace("{start: 10.20.17.10, end: 10.20.17.14}", "{start: 10.20.17.1, end: 10.20.17.4}")
+    h = Harness(config(text.replace("dns_servers: [10.20.17.254, 10.20.17.2]", "dns_servers: [10.20.17.2]")))
+    # .1 is the gateway, .2 the DNS server: only .3 and .4 are for clients.
+    assert [h.dora(mac(n)).yiaddr for n in (1, 2)] == [ip("10.20.17.3"), ip("10.20.17.4")]
+    assert h.none(client_packet("discover", mac(3), ("requested_addr", "10.20.17.1"))).reason == "pool exhausted"

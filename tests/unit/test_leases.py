@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -154,42 +156,62 @@ CHILD = textwrap.dedent(
     from ipaddress import IPv4Address
     from sidus_appliance.dhcp.leases import Lease, LeaseStore
     store = LeaseStore(sys.argv[1], compact_factor=2, compact_min=50)
-    seq = 0
+    seq = int(sys.argv[2])
     while True:
         seq += 1
         n = seq % 300
         mac = f"02:00:00:00:{n >> 8:02x}:{n & 255:02x}"
         store.commit(Lease(mac, IPv4Address(0x0A000000 + n), f"dhcp-{n}", float(seq), "bound"))
-        print(mac, seq, flush=True)
+        sys.stdout.write(f"{mac} {seq}\\n")
+        sys.stdout.flush()
     """
 )
 
 
-def test_sigkill_during_a_burst_loses_no_committed_lease(path: Path) -> None:
-    """Every lease the child reported as committed (after commit returned) survives SIGKILL,
-    compactions included (the child compacts every few hundred commits)."""
-    path.parent.mkdir(parents=True)
+def _burst_then_kill(path: Path, start: int, after: int, reported: dict[str, int]) -> None:
+    """Run the child, keep draining its reports so it never blocks, SIGKILL it once it has
+    reported `after` commits: the kill lands anywhere in commit, compaction or reporting."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, env=env)
-    reported: dict[str, int] = {}
-    try:
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(start)], stdout=subprocess.PIPE, env=env)
+    count = 0
+    enough = threading.Event()
+
+    def drain() -> None:
+        nonlocal count
         assert child.stdout is not None
         for line in child.stdout:
+            if not line.endswith(b"\n"):
+                break  # cut by the kill: that report was never completed
             mac, seq = line.split()
             reported[mac.decode()] = int(seq)
-            if int(seq) >= 5000:
-                break
+            count += 1
+            if count >= after:
+                enough.set()
+        enough.set()
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        assert enough.wait(60), "the child did not report"
     finally:
         child.send_signal(signal.SIGKILL)
-        rest, _ = child.communicate(timeout=10)
-    for line in rest.splitlines():  # reports already in the pipe when the child died
-        mac, seq = line.split()
-        reported[mac.decode()] = int(seq)
+        child.wait(10)
+        reader.join(10)
     assert child.returncode == -signal.SIGKILL
+
+
+def test_sigkill_during_a_burst_loses_no_committed_lease(path: Path) -> None:
+    """Every lease the child reported as committed (after commit returned) survives SIGKILL;
+    the child compacts every few hundred commits and restarts on the journal it left."""
+    path.parent.mkdir(parents=True)
+    reported: dict[str, int] = {}
+    rng = random.Random()
+    for round_ in range(4):
+        _burst_then_kill(path, round_ * 1_000_000, rng.randint(700, 3000), reported)
+        with LeaseStore(path) as store:
+            for mac, seq in reported.items():
+                found = store.by_mac(mac)
+                assert found is not None, (round_, mac)
+                # The child may have committed more than it reported, never fewer.
+                assert found.expires is not None and found.expires >= seq, (round_, mac, found.expires, seq)
     assert len(reported) == 300
-    with LeaseStore(path) as store:
-        for mac, seq in reported.items():
-            found = store.by_mac(mac)
-            assert found is not None, mac
-            # The child may have committed one more than it reported, never fewer.
-            assert found.expires is not None and found.expires >= seq, (mac, found.expires, seq)
