@@ -1,0 +1,317 @@
+"""asyncio transport for TFTP: a listener on tftp.port, one UDP socket per transfer.
+
+The protocol lives in ``protocol.Session`` (sans-IO); this module only moves datagrams. Hot
+path choices, measured with bench/tftp.py:
+- each transfer's socket is *connected* to the client (the kernel drops strangers, RFC 1350's
+  "unknown TID" for free) and registered with ``loop.add_reader``: one callback, one ``recv``,
+  one ``send`` per ACK, no Future/Transport layers in between;
+- retransmission deadlines are checked by one ticker for all transfers instead of a timer
+  handle created and cancelled per packet;
+- file data is read with ``os.pread`` (see tree.py for why not mmap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+from typing import Any
+
+from sidus_appliance.config import Config, TftpConfig
+from sidus_appliance.tftp import protocol
+from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
+
+IP_UDP_TFTP_HEADERS = 20 + 8 + 4
+TICK = 0.05  # seconds between retransmission checks (timeouts are >= 1 s unless configured)
+SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
+
+
+def interface_mtu(interface: str) -> int:
+    try:
+        return int(Path(f"/sys/class/net/{interface}/mtu").read_text())
+    except (OSError, ValueError):
+        return 1500
+
+
+def limits_for(config: Config) -> protocol.Limits:
+    t: TftpConfig = config.tftp
+    max_blksize = t.max_blksize or interface_mtu(config.interface) - IP_UDP_TFTP_HEADERS
+    return protocol.Limits(
+        max_blksize=max(protocol.MIN_BLKSIZE, min(max_blksize, protocol.MAX_BLKSIZE)),
+        max_windowsize=t.max_windowsize,
+        timeout=t.timeout,
+        retries=t.retries,
+    )
+
+
+class _Transfer:
+    __slots__ = ("client", "fd", "pending", "request", "resolved", "session", "sock", "started")
+
+    def __init__(self, sock: socket.socket, client: tuple[str, int], request: bytes,
+                 resolved: Resolved, session: protocol.Session, started: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.client = client
+        self.request = request
+        self.resolved = resolved
+        self.session = session
+        self.started = started
+        self.pending: list[bytes] = []  # datagrams the full send buffer refused, in order
+
+
+class _Listener(asyncio.DatagramProtocol):
+    def __init__(self, service: TftpService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.service.on_request(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors from earlier replies
+        pass
+
+
+class TftpService:
+    def __init__(self, config: Config, leases: Any, log: logging.Logger) -> None:
+        self.log = log
+        self.leases = leases
+        self.transfers: dict[tuple[str, int], _Transfer] = {}
+        self.listener: asyncio.DatagramTransport | None = None
+        self.error_sock: socket.socket | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.completed = 0
+        self.reload(config)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def reload(self, config: Config) -> None:
+        """New config: new tree and limits for new transfers; running ones finish as they were."""
+        self.config = config
+        self.tree = BootTree(config, self.leases)
+        self.limits = limits_for(config)
+        self.bind_ip = str(config.server_ip)
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        # Bound to the appliance address, so replies leave from the address clients talked to.
+        self.listener, _ = await self.loop.create_datagram_endpoint(
+            lambda: _Listener(self), local_addr=(self.bind_ip, self.config.tftp.port), reuse_port=False
+        )
+        # Errors go out from one spare ephemeral port, as from a new transfer ID (RFC 1350).
+        self.error_sock = self._new_socket()
+        self.log.info(
+            "tftp: serving %s on %s:%d (blksize <= %d, windowsize <= %d)", self.tree.root, self.bind_ip,
+            self.config.tftp.port, self.limits.max_blksize, self.limits.max_windowsize,
+        )
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        for transfer in list(self.transfers.values()):
+            self._finish(transfer, "server shutting down")
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self.error_sock is not None:
+            self.error_sock.close()
+            self.error_sock = None
+
+    def _new_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.bind((self.bind_ip, 0))
+        return sock
+
+    # ------------------------------------------------------------------ requests
+
+    def _error(self, addr: tuple[str, int], code: int, message: str) -> None:
+        if self.error_sock is not None:
+            with contextlib.suppress(OSError):
+                self.error_sock.sendto(protocol.error_packet(code, message), addr)
+
+    def on_request(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) >= 2 and data[0] == 0 and data[1] in (protocol.DATA, protocol.ACK, protocol.ERROR, protocol.OACK):
+            return  # strays for an old transfer: answering could loop
+        try:
+            request = protocol.parse_request(data)
+        except protocol.RequestError as exc:
+            self.log.info("tftp: %s:%d: bad request: %s", addr[0], addr[1], exc.message)
+            self._error(addr, exc.code, exc.message)
+            return
+        if request.opcode == protocol.WRQ:
+            self.log.warning("tftp: %s:%d: write request for %r refused", addr[0], addr[1], request.filename)
+            self._error(addr, protocol.ERR_ACCESS, "access violation: this server is read-only")
+            return
+        old = self.transfers.get(addr)
+        if old is not None:
+            # Let the old transfer read what the client sent before this request (EDK II's
+            # ERROR 8 after the tsize probe), then decide whether this is a retransmitted RRQ.
+            self._on_readable(old)
+            if not old.session.done:
+                if old.request == data and old.session.acked < 1:
+                    return  # the client repeated its request; the session retransmits itself
+                self._finish(old, "superseded by a new request")
+        if len(self.transfers) >= self.config.tftp.max_transfers:
+            self.log.warning("tftp: %s:%d: %d transfers running, %r refused", addr[0], addr[1],
+                             len(self.transfers), request.filename)
+            self._error(addr, protocol.ERR_UNDEFINED, "server busy, try again")
+            return
+        try:
+            resolved = self.tree.resolve(request.filename, request.mode == "netascii")
+        except TreeError as exc:
+            if exc.refused:
+                self.log.warning("tftp: %s:%d: refused %r: %s", addr[0], addr[1], request.filename, exc.message)
+            else:
+                self.log.debug("tftp: %s:%d: %r: %s", addr[0], addr[1], request.filename, exc.message)
+            self._error(addr, exc.code, exc.message)
+            return
+        self._begin(addr, data, request, resolved)
+
+    def _begin(self, addr: tuple[str, int], raw: bytes, request: protocol.Request, resolved: Resolved) -> None:
+        assert self.loop is not None
+        try:
+            sock = self._new_socket()
+            sock.connect(addr)
+        except OSError as exc:
+            resolved.close()
+            self.log.error("tftp: %s:%d: cannot open a transfer socket: %s", addr[0], addr[1], exc)
+            self._error(addr, protocol.ERR_UNDEFINED, "server error")
+            return
+        negotiated = protocol.negotiate(request.options, self.limits, resolved.size)
+        session = protocol.Session(resolved.read, resolved.size, negotiated, self.limits)
+        now = time.monotonic()
+        transfer = _Transfer(sock, addr, raw, resolved, session, now)
+        self.transfers[addr] = transfer
+        self.loop.add_reader(transfer.fd, self._on_readable, transfer)
+        self.log.debug("tftp: %s:%d: %s %s (%d bytes) options %s", addr[0], addr[1], resolved.kind,
+                       resolved.name, resolved.size, negotiated.oack or "none")
+        self._send(transfer, session.start(now))
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(TICK, self._tick)
+
+    # ------------------------------------------------------------------ transfers
+
+    def _on_readable(self, transfer: _Transfer) -> None:
+        try:
+            data = transfer.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # ICMP port unreachable: the client went away
+            self._finish(transfer, f"client unreachable ({errno.errorcode.get(exc.errno, exc.errno)})")
+            return
+        session = transfer.session
+        out = session.receive(data, time.monotonic())
+        if out:
+            self._send(transfer, out)
+        if session.done:
+            self._finish(transfer, session.outcome)
+
+    def _send(self, transfer: _Transfer, packets: list[bytes]) -> None:
+        if transfer.pending:  # keep order behind what is already waiting
+            transfer.pending.extend(packets)
+            return
+        send = transfer.sock.send
+        for i, packet in enumerate(packets):
+            try:
+                send(packet)
+            except BlockingIOError:
+                transfer.pending = packets[i:]
+                assert self.loop is not None
+                self.loop.add_writer(transfer.fd, self._on_writable, transfer)
+                return
+            except OSError:
+                return  # e.g. ECONNREFUSED from an earlier datagram; the receive side finishes
+
+    def _on_writable(self, transfer: _Transfer) -> None:
+        pending, transfer.pending = transfer.pending, []
+        assert self.loop is not None
+        self.loop.remove_writer(transfer.fd)
+        self._send(transfer, pending)
+
+    def _tick(self) -> None:
+        self._ticker = None
+        now = time.monotonic()
+        for transfer in list(self.transfers.values()):
+            session = transfer.session
+            if now >= session.deadline:
+                out = session.poll(now)
+                if out:
+                    transfer.pending = []  # a retransmission supersedes what was queued
+                    self._send(transfer, out)
+                if session.done:
+                    self._finish(transfer, session.outcome)
+        if self.transfers and self.loop is not None:
+            self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def _finish(self, transfer: _Transfer, outcome: str) -> None:
+        if self.transfers.get(transfer.client) is transfer:
+            del self.transfers[transfer.client]
+        if self.loop is not None:
+            self.loop.remove_reader(transfer.fd)
+            if transfer.pending:
+                self.loop.remove_writer(transfer.fd)
+        transfer.sock.close()
+        transfer.resolved.close()
+        elapsed = time.monotonic() - transfer.started
+        host, port = transfer.client
+        if outcome == "complete":
+            self.completed += 1
+            self.log.info("tftp: %s:%d: sent %s (%d bytes, %.2f s)", host, port, transfer.resolved.name,
+                          transfer.resolved.size, elapsed)
+        else:
+            self.log.info("tftp: %s:%d: %s stopped after %.2f s: %s", host, port, transfer.resolved.name,
+                          elapsed, outcome)
+
+
+# ---------------------------------------------------------------------- standalone (bench)
+
+
+def _standalone_config(root: str, address: str, port: int, max_blksize: int, interface: str) -> Config:
+    iface = IPv4Interface(f"{address}/32" if "/" not in address else address)
+    return Config(
+        interface=interface,
+        address=iface,
+        subnet=iface.network,
+        gateway=IPv4Address(iface.ip),
+        dns_servers=(iface.ip,),
+        domain="tftp.local",
+        tftp=TftpConfig(port=port, root=Path(root), max_blksize=max_blksize),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve only TFTP from a directory: `python -m sidus_appliance.tftp.service --root DIR`."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=69)
+    parser.add_argument("--interface", default="lo")
+    parser.add_argument("--max-blksize", type=int, default=0)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(message)s")
+    config = _standalone_config(args.root, args.address, args.port, args.max_blksize, args.interface)
+
+    async def run() -> None:
+        service = TftpService(config, None, logging.getLogger("sidus.tftp"))
+        await service.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            service.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

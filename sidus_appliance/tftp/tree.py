@@ -1,0 +1,186 @@
+"""The virtual boot tree TFTP serves: staged boot loaders, generated menus, instance kernels.
+
+    pxelinux.0, ldlinux.c32, ...          files under tftp.root (staged by `bootfiles install`)
+    efi64/syslinux.efi, efi64/*.c32       files under tftp.root/efi64 (arch modules stay apart)
+    [efiNN/]pxelinux.cfg/default          generated: the default profile's menu
+    [efiNN/]pxelinux.cfg/01-<mac>         generated: the menu of that MAC's profile
+    [efiNN/]pxelinux.cfg/<hex ip>         generated when the address is a reservation or lease
+    [efiNN/]vmlinuz-<ver>@<instance>      <instance root>/boot/vmlinuz-<ver>, read in place
+    [efiNN/]initrd.img-<ver>@<instance>   <instance root>/boot/initrd.img-<ver>
+    [efiNN/]splash.*                      the one shared copy under tftp.root
+
+Every other pxelinux.cfg lookup (UUID, hex prefixes) is a fast "file not found". No request
+leaves the tree: `..`, symlinks out of the root, NUL bytes and over-long names are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from sidus_appliance.config import Config
+from sidus_appliance.tftp import protocol
+from sidus_appliance.tftp.menus import render_menu
+
+ARCH_DIRS = ("efi32", "efi64")
+MAX_COMPONENT = 255
+NETASCII_LIMIT = 16 << 20  # netascii needs the whole file converted in memory
+
+
+class TreeError(Exception):
+    """A request the tree will not serve: TFTP error code, message, and whether it was an attack
+    on the tree (logged as a warning with the client's address) or an ordinary miss."""
+
+    def __init__(self, code: int, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.refused = refused
+
+
+@dataclass
+class Resolved:
+    name: str  # canonical name, for logs
+    kind: str  # "file", "menu" or "kernel"
+    size: int
+    read: protocol.Reader
+    close: Callable[[], None]
+
+
+def _bytes_source(name: str, kind: str, data: bytes) -> Resolved:
+    view = memoryview(data)
+    return Resolved(name, kind, len(data), lambda offset, length: bytes(view[offset:offset + length]), lambda: None)
+
+
+def split_path(filename: str) -> list[str]:
+    """Normalise a client path into safe components or raise TreeError (access violation)."""
+    if "\0" in filename:
+        raise TreeError(protocol.ERR_ACCESS, "NUL byte in file name", refused=True)
+    if len(filename.encode("utf-8", "surrogateescape")) > protocol.MAX_FILENAME:
+        raise TreeError(protocol.ERR_ACCESS, "file name too long", refused=True)
+    parts = []
+    # Windows-style clients send backslashes; a leading '/' means the tree's root, as with
+    # tftpd-hpa -s.
+    for part in filename.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise TreeError(protocol.ERR_ACCESS, "'..' in file name", refused=True)
+        if len(part) > MAX_COMPONENT:
+            raise TreeError(protocol.ERR_ACCESS, "file name too long", refused=True)
+        parts.append(part)
+    if not parts:
+        raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
+    return parts
+
+
+def _is_shared(parts: list[str]) -> bool:
+    if parts[0] == "pxelinux.cfg":
+        return True
+    name = parts[-1]
+    return len(parts) == 1 and (
+        (name.startswith(("vmlinuz-", "initrd.img-")) and "@" in name) or name.startswith("splash.")
+    )
+
+
+def _mac_from_pxe_name(name: str) -> str | None:
+    # pxelinux: "01-" (ARP type Ethernet) then the MAC with dashes, lower case.
+    if len(name) == 20 and name[:3] == "01-":
+        return name[3:].replace("-", ":").lower()
+    return None
+
+
+def _ip_from_hex(name: str) -> IPv4Address | None:
+    if len(name) != 8:
+        return None
+    try:
+        return IPv4Address(int(name, 16))
+    except ValueError:
+        return None
+
+
+class BootTree:
+    def __init__(self, config: Config, leases: Any = None) -> None:
+        self.config = config
+        self.leases = leases
+        self.root = Path(os.path.realpath(config.tftp.root))
+        self.instances = {inst.name: inst for inst in config.instances}
+        self.hosts_by_ip = {h.address: h.mac for h in config.hosts}
+
+    def resolve(self, filename: str, netascii: bool = False) -> Resolved:
+        parts = split_path(filename)
+        if parts[0] in ARCH_DIRS and len(parts) > 1 and _is_shared(parts[1:]):
+            parts = parts[1:]  # efi64/pxelinux.cfg/... is the shared pxelinux.cfg/...
+        if parts[0] == "pxelinux.cfg":
+            return self._menu(parts, netascii)
+        if len(parts) == 1 and "@" in parts[0] and parts[0].startswith(("vmlinuz-", "initrd.img-")):
+            return self._kernel(parts[0], netascii)
+        return self._file(self.root, self.root.joinpath(*parts), "/".join(parts), "file", netascii)
+
+    def _menu(self, parts: list[str], netascii: bool) -> Resolved:
+        if len(parts) != 2:
+            raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
+        name = parts[1]
+        mac = None if name == "default" else self._mac_for_menu(name)
+        if name != "default" and mac is None:
+            raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
+        try:
+            text = render_menu(self.config, mac)
+        except ValueError:  # a malformed MAC in the name
+            raise TreeError(protocol.ERR_NOT_FOUND, "file not found") from None
+        data = text.encode()
+        return _bytes_source("pxelinux.cfg/" + name, "menu", protocol.to_netascii(data) if netascii else data)
+
+    def _mac_for_menu(self, name: str) -> str | None:
+        mac = _mac_from_pxe_name(name)
+        if mac is not None:
+            return mac
+        ip = _ip_from_hex(name)
+        return None if ip is None else self._mac_for_ip(ip)
+
+    def _mac_for_ip(self, ip: IPv4Address) -> str | None:
+        mac = self.hosts_by_ip.get(ip)
+        if mac is None and self.leases is not None:
+            lease = self.leases.by_address(ip)
+            mac = getattr(lease, "mac", None) if lease is not None else None
+        return mac
+
+    def _kernel(self, name: str, netascii: bool) -> Resolved:
+        base, _, inst_name = name.rpartition("@")
+        inst = self.instances.get(inst_name)
+        if inst is None or not base:
+            raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
+        inst_root = Path(os.path.realpath(inst.root))
+        return self._file(inst_root, inst_root / "boot" / base, name, "kernel", netascii)
+
+    def _file(self, jail: Path, path: Path, name: str, kind: str, netascii: bool) -> Resolved:
+        real = os.path.realpath(path)
+        if not real.startswith(str(jail).rstrip("/") + "/"):
+            raise TreeError(protocol.ERR_ACCESS, "path leaves the boot tree", refused=True)
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise TreeError(protocol.ERR_NOT_FOUND, "file not found") from None
+        except OSError:
+            raise TreeError(protocol.ERR_ACCESS, "access violation") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
+        if netascii:
+            try:
+                if st.st_size > NETASCII_LIMIT:
+                    raise TreeError(protocol.ERR_ACCESS, "file too large for netascii, use octet")
+                data = os.pread(fd, st.st_size, 0)
+            finally:
+                os.close(fd)
+            return _bytes_source(name, kind, protocol.to_netascii(data))
+        # os.pread rather than mmap: a kernel replaced under us (image rebuild) must not SIGBUS
+        # the whole appliance; the file we opened stays readable until we close it.
+        pread = os.pread
+        return Resolved(name, kind, st.st_size, lambda offset, length: pread(fd, length, offset), lambda: os.close(fd))
