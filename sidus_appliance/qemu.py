@@ -1,0 +1,441 @@
+"""QEMU PXE clients for the lab, the tests and the benchmarks.
+
+Three firmware paths, matching what real lab machines do:
+
+- ``bios``: SeaBIOS + the NIC's iPXE option ROM (e1000, ``pxe-e1000.rom``); sends arch 0.
+- ``uefi``: OVMF + the iPXE EFI ROM (e1000, ``efi-e1000.rom``; OVMF has no e1000 driver of its
+  own, so iPXE's is the only network stack); sends arch 7.
+- ``uefi-native``: OVMF's own VirtioNetDxe + PxeBcDxe (``virtio-net-pci,romfile=``); arch 7.
+
+The guest is the test instance of :mod:`sidus_appliance.testkernel`: it prints one ``SIDUS-MARKER``
+line on the serial port and powers off, so a boot is "start QEMU, wait for the marker, read the
+serial log". ``-no-reboot`` turns a guest reset into a QEMU exit, which is how a broken KVM
+shows itself quickly (on our box a nested KVM either resets or hangs before the kernel prints);
+``accel="auto"`` probes KVM once per process and falls back to TCG, and retries a failed KVM
+boot under TCG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Firmware = Literal["bios", "uefi", "uefi-native"]
+FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-native")
+Accel = Literal["auto", "kvm", "tcg"]
+
+QEMU = "qemu-system-x86_64"
+IPXE_ROM_DIRS = (Path("/usr/lib/ipxe/qemu"), Path("/usr/share/qemu"))
+OVMF_PAIRS = (
+    (Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/usr/share/OVMF/OVMF_VARS_4M.fd")),
+    (Path("/usr/share/OVMF/OVMF_CODE.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd")),
+)
+OVMF_COMBINED = (Path("/usr/share/qemu/OVMF.fd"), Path("/usr/share/ovmf/OVMF.fd"))
+
+MARKER_RE = re.compile(r"SIDUS-MARKER (?P<body>[^\r\n]*)\r?\n")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc")
+# Arch each firmware announces in DHCP option 93 (what the server should dispatch on).
+FIRMWARE_ARCH: dict[Firmware, int] = {"bios": 0, "uefi": 7, "uefi-native": 7}
+
+
+class QemuError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- marker + serial log parsing
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The test instance's report: what DHCP gave it and the kernel command line the menu chose."""
+
+    ip: str | None
+    hostname: str | None
+    domain: str | None
+    dns: str | None
+    mac: str | None
+    cmdline: str
+
+    @property
+    def fqdn(self) -> str | None:
+        if self.hostname and self.domain:
+            return f"{self.hostname}.{self.domain}"
+        return self.hostname
+
+
+def parse_marker(text: str) -> Marker | None:
+    """The first complete marker line in a serial log, or None."""
+    m = MARKER_RE.search(strip_ansi(text))
+    if not m:
+        return None
+    body = m.group("body").rstrip()
+    head, _, cmdline = body.partition(" cmdline=")
+    if head.startswith("cmdline="):
+        head, cmdline = "", head[len("cmdline=") :]
+    fields = dict(item.partition("=")[::2] for item in head.split())
+
+    def get(key: str) -> str | None:
+        value = fields.get(key, "")
+        return None if value in ("", "none") else value
+
+    return Marker(get("ip"), get("hostname"), get("domain"), get("dns"), get("mac"), cmdline.strip())
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI_RE.sub("", text)
+
+
+@dataclass(frozen=True)
+class SerialReport:
+    """What the firmware and boot loader said on the serial port, for reports and assertions."""
+
+    boot_file: str | None  # what the PXE stack fetched first (pxelinux.0, efi64/syslinux.efi)
+    config_tried: tuple[str, ...]  # pxelinux.cfg/... lookups in order
+    loaded: tuple[str, ...]  # kernel/initrd names the boot loader loaded
+    firmware_ip: str | None  # the address the firmware/boot loader got
+
+
+_FETCH_RES = (
+    re.compile(r"NBP filename is (?P<f>\S+)"),  # OVMF PxeBcDxe
+    re.compile(r"tftp://[^/\s]+/(?P<f>\S+?)\.{3}"),  # iPXE: tftp://10.20.17.254/pxelinux.0... ok
+    re.compile(r"Filename:\s*(?P<f>\S+)"),  # iPXE: "Filename: pxelinux.0"
+)
+
+
+def parse_serial(text: str) -> SerialReport:
+    text = strip_ansi(text).replace("\r", "\n")
+    boot_file = None
+    for rx in _FETCH_RES:
+        m = rx.search(text)
+        if m and m.group("f"):
+            boot_file = m.group("f")
+            break
+    tried = tuple(dict.fromkeys(re.findall(r"Trying to load: (\S+)", text)))
+    loaded = tuple(re.findall(r"Loading (\S+?)\.{3}", text))
+    ip = None
+    for rx in (
+        re.compile(r"My IP address seems to be \S+ (\d+\.\d+\.\d+\.\d+)"),  # pxelinux
+        re.compile(r"net\d: (\d+\.\d+\.\d+\.\d+)/"),  # iPXE
+        re.compile(r"Station IP address is (\d+\.\d+\.\d+\.\d+)"),  # OVMF
+    ):
+        m = rx.search(text)
+        if m:
+            ip = m.group(1)
+            break
+    return SerialReport(boot_file, tried, loaded, ip)
+
+
+# Boot phases as they show on the serial port, in order; the first line matching each is timed.
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("dhcp", re.compile(r"net\d: \d+\.\d+\.\d+\.\d+/|Station IP address is")),
+    ("loader", re.compile(r"PXELINUX \d|Getting cached packet|NBP file downloaded|syslinux\.efi : \d+ bytes")),
+    ("kernel", re.compile(r"Loading \S*vmlinuz")),
+    ("linux", re.compile(r"Linux version")),
+    ("marker", re.compile(r"SIDUS-MARKER ")),
+)
+
+
+class PhaseClock:
+    """Times the first appearance of each phase in a growing serial log (polled by the runner)."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.seen: dict[str, float] = {}
+        self._pos = 0
+
+    def feed(self, text: str, now: float) -> None:
+        # Rescan from a little before the last position: a phase line may have been half-written.
+        chunk = strip_ansi(text[max(0, self._pos - 200) :])
+        self._pos = len(text)
+        for name, rx in PHASES:
+            if name not in self.seen and rx.search(chunk):
+                self.seen[name] = round(now - self.start, 2)
+
+
+# ---------------------------------------------------------------- command lines
+
+
+def find_ipxe_rom(name: str) -> Path:
+    for d in IPXE_ROM_DIRS:
+        if (d / name).exists():
+            return d / name
+    raise QemuError(f"{name} not found in {', '.join(map(str, IPXE_ROM_DIRS))} (install ipxe-qemu)")
+
+
+def ovmf_args(workdir: Path) -> list[str]:
+    """OVMF as a read-only code flash + a private, writable copy of the variable store."""
+    for code, vars_template in OVMF_PAIRS:
+        if code.exists() and vars_template.exists():
+            vars_copy = workdir / "OVMF_VARS.fd"
+            if not vars_copy.exists():
+                shutil.copyfile(vars_template, vars_copy)
+            return [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            ]  # fmt: skip
+    for combined in OVMF_COMBINED:
+        if combined.exists():
+            return ["-bios", str(combined)]
+    raise QemuError("OVMF not found (install ovmf)")
+
+
+def nic_device(firmware: Firmware, mac: str, netdev: str = "n0") -> str:
+    # bootindex, not `-boot order=n`: OVMF only makes a PXE boot option for a NIC with a bootindex
+    # (with -boot it tried the DVD and fell into the EFI shell).
+    common = f"netdev={netdev},mac={mac},bootindex=1"
+    if firmware == "bios":
+        return f"e1000,{common},romfile={find_ipxe_rom('pxe-e1000.rom')}"
+    if firmware == "uefi":
+        return f"e1000,{common},romfile={find_ipxe_rom('efi-e1000.rom')}"
+    if firmware == "uefi-native":
+        # Empty romfile: no iPXE, so OVMF's built-in virtio-net driver and PXE stack do the boot.
+        return f"virtio-net-pci,{common},romfile="
+    raise QemuError(f"unknown firmware {firmware!r} (one of {', '.join(FIRMWARES)})")
+
+
+def build_command(
+    firmware: Firmware,
+    mac: str,
+    tap: str,
+    serial_log: Path,
+    workdir: Path,
+    accel: Literal["kvm", "tcg"] = "tcg",
+    memory_mb: int = 512,
+) -> list[str]:
+    """The QEMU argv for one PXE client on an existing tap device (run it in the tap's netns)."""
+    cmd = [
+        QEMU,
+        "-accel", accel,
+        "-m", str(memory_mb),
+        "-smp", "1",
+        "-nographic",
+        "-serial", f"file:{serial_log}",
+        "-monitor", "none",
+        "-no-reboot",  # a reset ends QEMU: a stuck guest never loops through PXE again
+        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        "-device", nic_device(firmware, mac),
+    ]  # fmt: skip
+    if accel == "kvm":
+        cmd += ["-cpu", "host"]
+    if firmware != "bios":
+        cmd += ovmf_args(workdir)
+    return cmd
+
+
+def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+
+
+# ---------------------------------------------------------------- KVM probe
+
+
+_kvm_usable: bool | None = None
+
+
+def kvm_usable(kernel: Path | None = None, timeout: float = 8.0) -> bool:
+    """Whether KVM actually runs a kernel here (cached per process; SIDUS_QEMU_ACCEL overrides).
+
+    /dev/kvm existing is not enough: under nested virtualisation QEMU may abort on an MSR or the
+    guest may hang before its first line. Boot the given kernel directly and wait for its banner.
+    """
+    global _kvm_usable
+    forced = os.environ.get("SIDUS_QEMU_ACCEL", "auto")
+    if forced in ("kvm", "tcg"):
+        return forced == "kvm"
+    if _kvm_usable is not None:
+        return _kvm_usable
+    _kvm_usable = False
+    if kernel is None or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    with tempfile.TemporaryDirectory(prefix="sidus-kvm-") as tmp:
+        log = Path(tmp) / "serial.log"
+        argv = [
+            QEMU, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nographic", "-no-reboot",
+            "-serial", f"file:{log}", "-monitor", "none", "-net", "none",
+            "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
+        ]  # fmt: skip
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                if log.exists() and "Linux version" in log.read_text(errors="replace"):
+                    _kvm_usable = True
+                    break
+                time.sleep(0.1)
+        finally:
+            _stop(proc)
+    return _kvm_usable
+
+
+# ---------------------------------------------------------------- running a boot
+
+
+@dataclass
+class BootResult:
+    firmware: Firmware
+    mac: str
+    accel: str
+    ok: bool
+    seconds: float  # QEMU start -> marker line complete (or -> failure)
+    marker: Marker | None
+    serial: SerialReport
+    serial_log: Path
+    reason: str = ""  # why it failed: timeout, exited without marker, ...
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds since QEMU start
+    attempts: list[str] = field(default_factory=list)  # e.g. ["kvm: exited without marker", "tcg: ok"]
+
+    def summary(self) -> str:
+        m = self.marker
+        if not self.ok or m is None:
+            return f"{self.firmware} {self.mac}: FAILED after {self.seconds:.1f}s ({self.reason}), {self.serial_log}"
+        return (
+            f"{self.firmware} {self.mac}: ip={m.ip} name={m.fqdn} boot_file={self.serial.boot_file} "
+            f"menu={'master' if is_master_cmdline(m.cmdline) else 'default'} {self.seconds:.1f}s ({self.accel})"
+        )
+
+
+def is_master_cmdline(cmdline: str) -> bool:
+    """The master menu boots the shared root read-write: no sidus= mode and `rw` in the NFS options."""
+    words = cmdline.split()
+    if any(w.startswith("sidus=") for w in words):
+        return False
+    return "rw" in words or any(w.startswith("root=") and re.search(r"[:,]rw(,|$)", w) for w in words)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """End a process we started: SIGTERM, then SIGKILL (by PID only)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_once(
+    firmware: Firmware,
+    mac: str,
+    tap: str,
+    workdir: Path,
+    accel: Literal["kvm", "tcg"],
+    netns: str | None = None,
+    timeout: float = 120.0,
+    memory_mb: int = 512,
+) -> BootResult:
+    """One QEMU run: start, wait for the marker (or exit/timeout), stop. No retries."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"serial-{firmware}-{mac.replace(':', '')}-{accel}.log"
+    log.unlink(missing_ok=True)
+    argv = in_netns(netns, build_command(firmware, mac, tap, log, workdir, accel, memory_mb))
+    (workdir / f"{log.stem}.cmd").write_text(" ".join(argv) + "\n")
+    stderr = open(workdir / f"{log.stem}.stderr", "wb")  # noqa: SIM115 - closed in finally
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    clock = PhaseClock(start)
+    marker: Marker | None = None
+    reason = ""
+    seconds = 0.0
+    try:
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            now = time.monotonic()
+            clock.feed(text, now)
+            marker = parse_marker(text)
+            seconds = now - start
+            if marker is not None:
+                break
+            if proc.poll() is not None:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                marker = parse_marker(text)
+                if marker is None:
+                    reason = f"QEMU exited (rc={proc.returncode}) without a marker"
+                break
+            if seconds > timeout:
+                reason = f"no marker within {timeout:.0f}s"
+                break
+            time.sleep(0.05)
+        if marker is not None:
+            # The guest powers off right after the marker; let QEMU exit on its own.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+    finally:
+        _stop(proc)
+        stderr.close()
+    text = log.read_text(errors="replace") if log.exists() else ""
+    ok = marker is not None and marker.ip is not None
+    if marker is not None and marker.ip is None:
+        reason = "kernel booted but udhcpc got no lease"
+    return BootResult(firmware, mac, accel, ok, seconds, marker, parse_serial(text), log, reason, phases=clock.seen)
+
+
+def boot(
+    firmware: Firmware,
+    mac: str,
+    tap: str,
+    workdir: Path,
+    netns: str | None = None,
+    accel: Accel = "auto",
+    timeout: float = 120.0,
+    kernel: Path | None = None,
+    memory_mb: int = 512,
+) -> BootResult:
+    """Boot one PXE client to the marker. auto: KVM when a probe shows it works, else TCG, and a
+    KVM boot that fails is retried once under TCG. `kernel` (a vmlinuz) is only used by the probe."""
+    if accel == "auto":
+        order: list[Literal["kvm", "tcg"]] = ["kvm", "tcg"] if kvm_usable(kernel) else ["tcg"]
+    else:
+        order = [accel]
+    attempts: list[str] = []
+    result: BootResult | None = None
+    for a in order:
+        result = run_once(firmware, mac, tap, workdir, a, netns, timeout, memory_mb)
+        attempts.append(f"{a}: {'ok' if result.ok else result.reason} ({result.seconds:.1f}s)")
+        # Only a KVM-specific failure is worth a TCG retry; a lease problem would fail the same way.
+        if result.ok or (result.marker is not None and a == "kvm"):
+            break
+    assert result is not None
+    result.attempts = attempts
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Boot one QEMU PXE client on an existing tap device")
+    ap.add_argument("--firmware", choices=FIRMWARES, default="bios")
+    ap.add_argument("--mac", default="52:54:00:12:34:56")
+    ap.add_argument("--tap", required=True)
+    ap.add_argument("--netns")
+    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "sidus-qemu")
+    ap.add_argument("--print-command", action="store_true", help="print the QEMU argv and exit")
+    args = ap.parse_args(argv)
+    if args.print_command:
+        accel = "tcg" if args.accel == "auto" else args.accel
+        log = args.workdir / "serial.log"
+        cmd = build_command(args.firmware, args.mac, args.tap, log, args.workdir, accel)
+        print(" ".join(in_netns(args.netns, cmd)))
+        return 0
+    result = boot(args.firmware, args.mac, args.tap, args.workdir, args.netns, args.accel, args.timeout)
+    print(result.summary())
+    if result.marker:
+        print(f"cmdline: {result.marker.cmdline}")
+    print(f"attempts: {'; '.join(result.attempts)}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
