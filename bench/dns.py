@@ -12,6 +12,7 @@ bounded number of outstanding queries; figures: answered queries per second and 
 
     sudo .venv/bin/python bench/dns.py              # ~30 s: ours then dnsmasq, plain queries
     sudo .venv/bin/python bench/dns.py --edns       # same, every query with an EDNS0 OPT
+    sudo .venv/bin/python bench/dns.py --rounds 3   # ours, dnsmasq, dnsmasq, ours, ...: best of each
     sudo .venv/bin/python bench/dns.py --servers ours --profile   # where our time goes
 """
 
@@ -20,10 +21,9 @@ from __future__ import annotations
 import argparse
 import pstats
 import re
-import subprocess
+import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -160,8 +160,7 @@ def run_dnsperf(lab: Lab, queries: Path, args: argparse.Namespace, name: str) ->
 
 
 def bench(name: str, lab: Lab, root: Path, queries: Path, args: argparse.Namespace) -> Figures:
-    work = root / name
-    work.mkdir()
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     try:
         process = start_ours(lab, work, args) if name == "ours" else start_dnsmasq(lab, work)
     except RuntimeError as exc:
@@ -184,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="dnsperf run length per server (-l)")
     parser.add_argument("--clients", type=int, default=4, help="dnsperf client sockets (-c)")
     parser.add_argument("--outstanding", type=int, default=100, help="dnsperf outstanding queries (-q)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat ours/dnsmasq, alternating the order")
     parser.add_argument("--edns", action="store_true", help="send every query with EDNS0 (dnsperf -e)")
     parser.add_argument("--profile", action="store_true", help="run ours under cProfile and print the top")
     parser.add_argument("--standalone", action="store_true",
@@ -205,15 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Figures] = []
     with Lab() as lab:
         lab.add_client(address=CLIENT_ADDRESS)
-        for name in names:
-            results.append(bench(name, lab, root, queries, args))
-            print(results[-1].line(), f"  [{load()}]", flush=True)
-    by_name = {r.name: r for r in results}
-    ours, ref = by_name.get("ours"), by_name.get("dnsmasq")
-    if ours and ref and ours.qps and ref.qps:
-        print(f"  ratio ours/dnsmasq: {ours.qps / ref.qps:.2f}x  (target >= 0.5x with 0 lost)")
-    subprocess.run(["rm", "-rf", str(root)], check=False)
-    time.sleep(0)
+        for round_ in range(args.rounds):
+            # Alternate the order each round: on a shared box, load drifts during a run.
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                results.append(bench(name, lab, root, queries, args))
+                print(results[-1].line(), f"  [{load()}]", flush=True)
+    best = {}
+    for r in results:
+        if not r.error and (r.name not in best or r.qps > best[r.name].qps):
+            best[r.name] = r
+    ours, ref = best.get("ours"), best.get("dnsmasq")
+    if ours and ref:
+        what = "best of each" if args.rounds > 1 else "same run"
+        lost = sum(r.lost for r in results if r.name == "ours")
+        print(f"  ratio ours/dnsmasq: {ours.qps / ref.qps:.2f}x ({what}; ours lost {lost} in all)"
+              f"  (target >= 0.5x with 0 lost)")
+    shutil.rmtree(root, ignore_errors=True)
     return 1 if any(r.error for r in results) else 0
 
 

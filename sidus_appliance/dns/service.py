@@ -15,9 +15,9 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from ..config import Config
+from ..dhcp.leases import Lease, LeaseStore
 from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
 from .zone import Zone, zone_content
 
@@ -121,7 +121,7 @@ class _UpstreamUdp(asyncio.DatagramProtocol):
 class DnsService:
     name = "dns"
 
-    def __init__(self, config: Config, leases: Any, log: logging.Logger) -> None:
+    def __init__(self, config: Config, leases: LeaseStore, log: logging.Logger) -> None:
         self.config = config
         self.leases = leases
         self.log = log
@@ -186,10 +186,10 @@ class DnsService:
 
     # ------------------------------------------------------------------ zone updates
 
-    def _bound(self) -> list[Any]:
+    def _bound(self) -> list[Lease]:
         return [lease for lease in self.leases.all() if lease.state == "bound"]
 
-    def _lease_changed(self, old: Any, new: Any) -> None:
+    def _lease_changed(self, old: Lease | None, new: Lease | None) -> None:
         if self._closed or self._loop is None:
             return
         if (old is not None and old.state == "bound") or (new is not None and new.state == "bound"):
