@@ -1,0 +1,122 @@
+"""Menus synthesised per MAC: profiles, instances, kernel scanning, the seed's APPEND shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidus_appliance.config import DEFAULT_NFS_OPTIONS, parse_config
+from sidus_appliance.tftp.menus import kernel_versions, render_menu
+
+MASTER = "08:00:aa:bb:cc:dd"
+
+
+def make_config(tmp_path: Path, instances: list[dict] | None = None, **extra: object):
+    data = {
+        "interface": "eth1",
+        "address": "10.20.17.254/24",
+        "domain": "sidus.zone",
+        "hosts": [{"name": "master", "mac": MASTER, "address": "10.20.17.253", "profile": "master"}],
+        "tftp": {"root": str(tmp_path / "tftp")},
+        "instances": instances or [],
+        **extra,
+    }
+    data["nfs"] = {"instances_dir": str(tmp_path / "nfsroot"), **data.get("nfs", {})}
+    return parse_config(yaml.safe_dump(data))
+
+
+def make_root(tmp_path: Path, name: str, versions: list[str], initrd: bool = True) -> Path:
+    root = tmp_path / "nfsroot" / name
+    (root / "boot").mkdir(parents=True)
+    for v in versions:
+        (root / "boot" / f"vmlinuz-{v}").write_bytes(b"kernel " + v.encode())
+        if initrd:
+            (root / "boot" / f"initrd.img-{v}").write_bytes(b"initrd " + v.encode())
+    return root
+
+
+def entries(menu: str) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for line in menu.splitlines():
+        line = line.strip()
+        if line.startswith("LABEL "):
+            out.append({"label": line[6:]})
+        elif out and " " in line:
+            key, _, value = line.partition(" ")
+            out[-1][key] = value
+    return out
+
+
+def test_kernel_versions_newest_first_and_need_an_initrd(tmp_path):
+    root = make_root(tmp_path, "a", ["6.1.0-9-amd64", "6.1.0-18-amd64", "5.10.0-28-amd64"])
+    (root / "boot" / "vmlinuz-6.2.0-1-amd64").write_bytes(b"no initrd")
+    assert kernel_versions(root) == ["6.1.0-18-amd64", "6.1.0-9-amd64", "5.10.0-28-amd64"]
+    assert kernel_versions(tmp_path / "missing") == []
+
+
+def test_default_menu_one_entry_per_instance_and_mode_overlay_first(tmp_path):
+    make_root(tmp_path, "bookworm", ["6.1.0-18-amd64"])
+    make_root(tmp_path, "trixie", ["6.12.0-1-amd64"])
+    config = make_config(tmp_path, [
+        {"name": "bookworm", "label": "Debian 12", "modes": ["aufs", "overlay"], "append": "quiet"},
+        {"name": "trixie", "root": str(tmp_path / "nfsroot" / "trixie")},
+    ])
+    menu = render_menu(config, None)
+    got = entries(menu)
+    assert [e["label"] for e in got] == ["bookworm-overlay", "bookworm-aufs", "trixie-overlay", "local"]
+    assert "DEFAULT bookworm-overlay" in menu
+    root = tmp_path / "nfsroot" / "bookworm"
+    assert got[0]["KERNEL"] == "vmlinuz-6.1.0-18-amd64@bookworm"
+    assert got[0]["APPEND"] == (
+        f"initrd=initrd.img-6.1.0-18-amd64@bookworm sidus=overlay ip=dhcp "
+        f"root=nfs:10.20.17.254:{root}:{DEFAULT_NFS_OPTIONS} net.ifnames=0 quiet"
+    )
+    assert "sidus=aufs" in got[1]["APPEND"]
+    assert got[2]["KERNEL"] == "vmlinuz-6.12.0-1-amd64@trixie"
+
+
+def test_master_profile_boots_read_write(tmp_path):
+    make_root(tmp_path, "bookworm", ["6.1.0-18-amd64"])
+    config = make_config(tmp_path, [{"name": "bookworm", "modes": ["overlay", "aufs"]}])
+    menu = render_menu(config, MASTER.replace(":", "-").upper())  # any MAC spelling
+    got = entries(menu)
+    assert [e["label"] for e in got] == ["bookworm-rw", "local"]
+    append = got[0]["APPEND"]
+    assert "sidus=" not in append
+    assert f":{DEFAULT_NFS_OPTIONS},rw " in append
+    assert "profile master" in menu and MASTER in menu
+
+
+def test_unknown_mac_gets_the_default_profile(tmp_path):
+    make_root(tmp_path, "bookworm", ["6.1.0-18-amd64"])
+    config = make_config(tmp_path, [{"name": "bookworm"}])
+    assert entries(render_menu(config, "52:54:00:12:34:56")) == entries(render_menu(config, None))
+
+
+def test_no_instances_menu_says_so_and_boots_locally(tmp_path):
+    menu = render_menu(make_config(tmp_path), None)
+    assert "No instance configured" in menu
+    assert "DEFAULT local" in menu and "LOCALBOOT" in menu
+
+
+def test_instance_without_kernel_is_noted_not_fatal(tmp_path):
+    (tmp_path / "nfsroot" / "empty").mkdir(parents=True)
+    make_root(tmp_path, "ok", ["6.1.0-18-amd64"])
+    config = make_config(tmp_path, [{"name": "empty"}, {"name": "ok"}])
+    menu = render_menu(config, None)
+    assert "# instance empty: no vmlinuz" in menu
+    assert [e["label"] for e in entries(menu)] == ["ok-overlay", "local"]
+
+
+def test_nfs_options_and_kernel_args_from_config(tmp_path):
+    make_root(tmp_path, "bookworm", ["6.1.0-18-amd64"])
+    config = make_config(tmp_path, [{"name": "bookworm"}], nfs={"options": "vers=4.2,ro"}, kernel_args="console=ttyS0")
+    append = entries(render_menu(config, None))[0]["APPEND"]
+    assert append.endswith(":vers=4.2,ro console=ttyS0")
+
+
+def test_malformed_mac_is_an_error(tmp_path):
+    with pytest.raises(ValueError):
+        render_menu(make_config(tmp_path), "not-a-mac")

@@ -1,0 +1,153 @@
+"""The asyncio service on 127.0.0.1 with a raw-socket client: ports, errors, EDK II's retry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidus_appliance.config import parse_config
+from sidus_appliance.tftp import protocol as p
+from sidus_appliance.tftp.service import TftpService
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[int, Path, TftpService]]:
+    root = tmp_path / "tftp"
+    root.mkdir()
+    port = free_port()
+    config = parse_config(yaml.safe_dump({
+        "interface": "lo", "address": "127.0.0.1/8", "domain": "test.zone",
+        "tftp": {"root": str(root), "port": port, "timeout": 0.2, "retries": 2, "max_transfers": 3},
+    }))
+    loop = asyncio.new_event_loop()
+    service = TftpService(config, None, logging.getLogger("test.tftp"))
+    loop.run_until_complete(service.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield port, root, service
+    loop.call_soon_threadsafe(service.close)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def client() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def rrq(name: str, opcode: int = 1, **options: object) -> bytes:
+    body = name.encode() + b"\0octet\0" + b"".join(f"{k}\0{v}\0".encode() for k, v in options.items())
+    return struct.pack("!H", opcode) + body
+
+
+def fetch(port: int, name: str, **options: object) -> bytes:
+    s = client()
+    s.sendto(rrq(name, **options), ("127.0.0.1", port))
+    out = bytearray()
+    blksize = int(options.get("blksize", 512))
+    while True:
+        data, addr = s.recvfrom(70000)
+        assert addr[1] != port, "replies come from a transfer port, not the listener"
+        opcode, block = struct.unpack("!HH", data[:4])
+        if opcode == p.OACK:
+            s.sendto(struct.pack("!HH", p.ACK, 0), addr)
+            continue
+        if opcode == p.ERROR:
+            raise FileNotFoundError(block, data[4:-1].decode())
+        out += data[4:]
+        s.sendto(struct.pack("!HH", p.ACK, block), addr)
+        if len(data) - 4 < blksize:
+            s.close()
+            return bytes(out)
+
+
+def test_fetch_bytes_exact(server):
+    port, root, _ = server
+    content = bytes(range(256)) * 100
+    (root / "f").write_bytes(content)
+    assert fetch(port, "f") == content
+    assert fetch(port, "f", blksize=1400, tsize=0) == content
+
+
+def test_not_found_and_wrq_refused(server):
+    port, _, _ = server
+    with pytest.raises(FileNotFoundError) as exc:
+        fetch(port, "nothing")
+    assert exc.value.args[0] == p.ERR_NOT_FOUND
+    s = client()
+    s.sendto(rrq("upload", opcode=2), ("127.0.0.1", port))
+    data, _ = s.recvfrom(1000)
+    assert data[:4] == b"\x00\x05\x00\x02"
+
+
+def test_traversal_refused_and_logged(server, caplog):
+    port, _, _ = server
+    with caplog.at_level(logging.WARNING, logger="test.tftp"), pytest.raises(FileNotFoundError) as exc:
+        fetch(port, "../../etc/passwd")
+    assert exc.value.args[0] == p.ERR_ACCESS
+    assert "127.0.0.1" in caplog.text and "refused" in caplog.text
+
+
+def test_edk2_tsize_probe_error8_then_real_request(server):
+    port, root, _ = server
+    (root / "efi.bin").write_bytes(b"E" * 3000)
+    s = client()
+    s.sendto(rrq("efi.bin", tsize=0), ("127.0.0.1", port))
+    data, addr = s.recvfrom(1000)
+    assert data.startswith(b"\x00\x06tsize\x003000\x00")
+    s.sendto(p.error_packet(p.ERR_OPTIONS, "tsize probe"), addr)
+    s.sendto(rrq("efi.bin", blksize=1024), ("127.0.0.1", port))
+    data, addr2 = s.recvfrom(1000)
+    assert data == b"\x00\x06blksize\x001024\x00" and addr2 != addr
+    s.sendto(struct.pack("!HH", p.ACK, 0), addr2)
+    data, _ = s.recvfrom(2000)
+    assert data[:4] == b"\x00\x03\x00\x01" and len(data) == 1028
+
+
+def test_repeated_rrq_does_not_start_a_second_stream(server):
+    port, root, _ = server
+    (root / "f").write_bytes(b"f" * 100)
+    s = client()
+    s.sendto(rrq("f", blksize=1024), ("127.0.0.1", port))
+    s.sendto(rrq("f", blksize=1024), ("127.0.0.1", port))
+    _, first = s.recvfrom(1000)
+    s.sendto(struct.pack("!HH", p.ACK, 0), first)
+    data, addr = s.recvfrom(1000)
+    assert addr == first and data[:4] == b"\x00\x03\x00\x01"
+
+
+def test_transfer_cap_and_idle_timeout(server):
+    port, root, service = server
+    (root / "f").write_bytes(b"f" * 5000)
+    idle = [client() for _ in range(3)]
+    for s in idle:  # three clients that never ACK
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+        s.recvfrom(1000)
+    late = client()
+    late.sendto(rrq("f"), ("127.0.0.1", port))
+    data, _ = late.recvfrom(1000)
+    assert data[:4] == b"\x00\x05\x00\x00"  # busy
+    # timeout 0.2 s, 2 retries with backoff: gone after 0.2 + 0.4 + 0.8 s
+    deadline = 5.0
+    while service.transfers and deadline > 0:
+        threading.Event().wait(0.1)
+        deadline -= 0.1
+    assert not service.transfers
+    assert fetch(port, "f") == b"f" * 5000
