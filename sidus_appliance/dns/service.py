@@ -133,6 +133,7 @@ class DnsService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rebuild_handle: asyncio.TimerHandle | None = None
+        self._expiry_handle: asyncio.TimerHandle | None = None
         self._tcp_clients = 0
         self._closed = False
 
@@ -159,14 +160,16 @@ class DnsService:
             server = await asyncio.start_server(self._tcp_client, address, port, reuse_address=True)
             self._servers.append(server)
         self.leases.subscribe(self._lease_changed)
+        self._arm_expiry(self._bound())
         self.log.info("dns: serving %s and %s on %s port %d (serial %d, %d records)",
                       self.config.domain, self.config.reverse_zone, ", ".join(self.addresses()), port,
                       self.zone.serial, len(self.zone.content))
 
     def close(self) -> None:
         self._closed = True
-        if self._rebuild_handle is not None:
-            self._rebuild_handle.cancel()
+        for handle in (self._rebuild_handle, self._expiry_handle):
+            if handle is not None:
+                handle.cancel()
         for listener in self._listeners:
             listener.close()
         for server in self._servers:
@@ -187,7 +190,19 @@ class DnsService:
     # ------------------------------------------------------------------ zone updates
 
     def _bound(self) -> list[Lease]:
-        return [lease for lease in self.leases.all() if lease.state == "bound"]
+        """Bound, unexpired leases. (Expired ones stay in the store until DHCP reclaims the
+        address; their names should not outlive the lease, so `_arm_expiry` wakes us.)"""
+        now = time.time()
+        return [lease for lease in self.leases.all() if lease.state == "bound" and not lease.expired(now)]
+
+    def _arm_expiry(self, leases: list[Lease]) -> None:
+        if self._expiry_handle is not None:
+            self._expiry_handle.cancel()
+            self._expiry_handle = None
+        ends = [lease.expires for lease in leases if lease.expires is not None]
+        if ends and self._loop is not None and not self._closed:
+            delay = min(max(0.0, min(ends) - time.time()) + 0.05, 3600.0)  # long sleeps re-arm hourly
+            self._expiry_handle = self._loop.call_later(delay, self._rebuild, "expiry")
 
     def _lease_changed(self, old: Lease | None, new: Lease | None) -> None:
         if self._closed or self._loop is None:
@@ -203,7 +218,9 @@ class DnsService:
         self._rebuild_handle = None
         if self._closed:
             return
-        content, problems = zone_content(self.config, self._bound())
+        bound = self._bound()
+        self._arm_expiry(bound)
+        content, problems = zone_content(self.config, bound)
         apexes = (self.config.domain, self.config.reverse_zone)
         if content == self.zone.content and apexes == self.zone.apexes and not force:
             return

@@ -4,6 +4,7 @@ rebuilds with serial bumps, SIGHUP reload, forwarding to a fake upstream, and SE
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import struct
@@ -131,6 +132,18 @@ def test_lease_changes_visible_within_a_second_and_serial_grows() -> None:
         ptr = DNSRecord.parse(await udp(port, query("60.17.20.10.in-addr.arpa", "PTR")))
         assert str(ptr.rr[0].rdata) == "dhcp-60.sidus.zone."
         assert await serial() > second
+
+    run(body)
+
+
+def test_expired_lease_name_disappears() -> None:
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        short = dataclasses.replace(lease("10.20.17.61", "dhcp-61", client="dave"), expires=time.time() + 0.4)
+        leases.commit(short)
+        await asyncio.sleep(0.25)
+        assert DNSRecord.parse(await udp(port, query("dave.sidus.zone"))).header.rcode == RCODE.NOERROR
+        await asyncio.sleep(0.4)  # the lease stays in the store (DHCP reclaims lazily); DNS drops it
+        assert DNSRecord.parse(await udp(port, query("dave.sidus.zone"))).header.rcode == RCODE.NXDOMAIN
 
     run(body)
 
