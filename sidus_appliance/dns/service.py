@@ -148,17 +148,24 @@ class DnsService:
         for problem in self.zone.problems:
             self.log.warning("dns: %s", problem)
         port = self.config.dns.port
-        for address in self.addresses():
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.bind((address, port))
-            except OSError:
-                sock.close()
-                raise
-            self._listeners.append(_UdpListener(self, sock))
-            server = await asyncio.start_server(self._tcp_client, address, port, reuse_address=True)
-            self._servers.append(server)
+        try:
+            for address in self.addresses():
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    sock.setblocking(False)
+                    sock.bind((address, port))
+                except OSError as exc:
+                    sock.close()
+                    raise OSError(exc.errno, f"UDP {address}:{port}: {exc.strerror}") from None
+                self._listeners.append(_UdpListener(self, sock))
+                try:
+                    server = await asyncio.start_server(self._tcp_client, address, port, reuse_address=True)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"TCP {address}:{port}: {exc.strerror}") from None
+                self._servers.append(server)
+        except BaseException:
+            self.close()  # the runtime only closes services that started: release what we bound
+            raise
         self.leases.subscribe(self._lease_changed)
         self._arm_expiry(self._bound())
         self.log.info("dns: serving %s and %s on %s port %d (serial %d, %d records)",
