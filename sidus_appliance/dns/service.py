@@ -173,6 +173,8 @@ class DnsService:
                       self.zone.serial, len(self.zone.content))
 
     def close(self) -> None:
+        if not self._closed and self._listeners:
+            self.log.info("dns: counters %s", " ".join(f"{k}={v}" for k, v in sorted(self.core.counters().items())))
         self._closed = True
         for handle in (self._rebuild_handle, self._expiry_handle):
             if handle is not None:

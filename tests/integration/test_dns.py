@@ -12,6 +12,7 @@ the DHCP client of the lease test.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -185,3 +186,13 @@ def test_dhcp_client_name_resolves_right_after_its_lease(dns_lab: DnsLab) -> Non
     assert dig(dns_lab.inside, "+short", "-x", address).split() == ["labpc7.sidus.zone."]
     octet = address.rsplit(".", 1)[1]
     assert dig(dns_lab.inside, "+short", f"dhcp-{octet}.sidus.zone").split() == [address]
+
+
+def test_sighup_reload_serves_new_records(dns_lab: DnsLab) -> None:
+    serial_before = dig(dns_lab.inside, "+short", "sidus.zone", "SOA").split()[2]
+    records = [*OVERRIDES["dns"]["records"], {"name": "reloaded", "type": "A", "value": "10.20.17.6"}]
+    write_lab_config(dns_lab.workdir, {**OVERRIDES, "dns": {**OVERRIDES["dns"], "records": records}})
+    dns_lab.appliance.signal(signal.SIGHUP)
+    dns_lab.appliance.wait_log("zone rebuilt (reload)")
+    assert dig(dns_lab.inside, "+short", "reloaded.sidus.zone").split() == ["10.20.17.6"]
+    assert int(dig(dns_lab.inside, "+short", "sidus.zone", "SOA").split()[2]) > int(serial_before)
