@@ -264,12 +264,12 @@ class Builder:
             raise BuildError(f"`{' '.join(argv[:3])} ...` exited with status {result.returncode}")
 
     def _chroot(self, argv: list[str], *, input: str | None = None, apt_cache: bool = False,
-                quiet: bool = False) -> None:
+                quiet: bool = False, env: dict[str, str] | None = None) -> None:
         cache = None
         if apt_cache and self.cache_dir:
             cache = self.cache_dir / f"apt-{self.suite}-{self.arch}"
             (cache / "partial").mkdir(parents=True, exist_ok=True)
-        ch.run(self.root, argv, log=None if quiet else self._log, input=input, apt_cache=cache)
+        ch.run(self.root, argv, log=None if quiet else self._log, input=input, apt_cache=cache, env=env)
 
     # -- steps --------------------------------------------------------------------------
 
@@ -357,8 +357,10 @@ class Builder:
     def step_packages(self) -> None:
         with ch.policy_rc_d(self.root):
             self._chroot(["apt-get", "update", "-q"], apt_cache=True)
+            # INITRD=No: the kernel and dracut hooks skip their initramfs runs (two full dracut
+            # runs on a 2-core box); the initramfs step builds it once, with everything installed.
             self._chroot(["apt-get", "install", "-y", "-q", "--no-install-recommends", *self.packages],
-                         apt_cache=True)
+                         apt_cache=True, env={"INITRD": "No"})
         if not installed_kernels(self.root):
             raise BuildError("no kernel installed in the instance (lib/modules is empty)")
 
