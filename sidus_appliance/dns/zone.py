@@ -237,7 +237,8 @@ class _Builder:
                 if not self.host(name, address, "records", ttl):
                     self.problems.append(f"{where}: {owner} already names another address; ignored")
             elif rtype == "CNAME":
-                if owner in self.addresses or any(k[0] == owner for k in self.records):
+                apex = owner in (self.domain, self.config.reverse_zone)
+                if apex or owner in self.addresses or any(k[0] == owner for k in self.records):
                     self.problems.append(f"{where}: {owner} already has other records; a CNAME cannot join them")
                     return
                 self.addresses[owner] = "cname"

@@ -118,9 +118,10 @@ def test_bad_records_are_reported_not_fatal() -> None:
         {"name": "gateway", "type": "CNAME", "value": "elsewhere"},
         {"name": "x.example.org.", "type": "A", "value": "10.20.17.5"},
         {"name": "s", "type": "SRV", "value": "not a srv"},
+        {"name": "@", "type": "CNAME", "value": "gateway"},  # the apex has SOA and NS
     ]
     zone = build_zone(config(dns={"records": records}))
-    assert len(zone.problems) == 3
+    assert len(zone.problems) == 4
     assert rdata(zone, "gateway.sidus.zone", "A") == ["10.20.17.254"]
 
 
