@@ -276,13 +276,19 @@ class DnsServer:
         table[key] = (_flag_block(wire[2], wire[3], wire[4:12]), tail, len(wire))
 
     def _transfer(self, request: DNSRecord, name: str, client: str, tcp: bool) -> bytes | list[bytes]:
+        """AXFR (and IXFR, answered with the full zone as RFC 1995 allows) for allowed clients."""
         ra = self.policy.recursion_for(client)
-        if not tcp:
+        if not tcp and request.q.qtype == QTYPE.AXFR:
             self.stats["formerr"] += 1
             return self._error(request, RCODE.FORMERR, ra=ra)  # AXFR is TCP-only (RFC 5936)
         if name not in self.zone.apexes or not self.policy.transfer_for(client):
             self.stats["refused"] += 1
             return self._error(request, RCODE.REFUSED, ra=ra)
+        if not tcp:  # IXFR over UDP: our current SOA alone means "ask again over TCP" (RFC 1995 §4)
+            reply = DNSRecord(DNSHeader(id=request.header.id, qr=1, aa=1, rd=request.header.rd, ra=int(ra)))
+            reply.add_question(request.q)
+            reply.add_answer(self.zone.soa(name))
+            return bytes(reply.pack())
         self.stats["axfr"] += 1
         records = self.zone.transfer(name)
         messages = []

@@ -25,7 +25,9 @@ from ..config import Config
 NS_LABEL = "gateway"  # the appliance's own name; also the NS and SOA MNAME of both zones
 DYNAMIC_TTL = 60  # cap for pool/lease-derived records: they change when leases do
 NEGATIVE_TTL = 60  # SOA minimum: how long resolvers cache NXDOMAIN/NODATA
-SOA_TIMES = (3600, 600, 86400, NEGATIVE_TTL)  # refresh, retry, expire, minimum
+# refresh, retry, expire, minimum: leases change the zone, so secondaries poll every 5 min.
+SOA_TIMES = (300, 60, 604800, NEGATIVE_TTL)
+NS_TTL = 3600
 
 # Plain, hashable record: (owner, type, ttl, rdata) with rdata a tuple of simple values.
 Rec = tuple[str, int, int, tuple]
@@ -94,7 +96,7 @@ class Zone:
             soa = SOA(self.ns_name + ".", f"hostmaster.{domain}.", (serial, *SOA_TIMES))
             sets = self.rrsets.setdefault(apex, {})
             sets[QTYPE.SOA] = [RR(apex + ".", QTYPE.SOA, ttl=NEGATIVE_TTL, rdata=soa)]
-            ns = RR(apex + ".", QTYPE.NS, ttl=SOA_TIMES[0], rdata=NS(self.ns_name + "."))
+            ns = RR(apex + ".", QTYPE.NS, ttl=NS_TTL, rdata=NS(self.ns_name + "."))
             sets.setdefault(QTYPE.NS, []).append(ns)
         for owner in self.rrsets:
             apex = self.apex_of(owner)

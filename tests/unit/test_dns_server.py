@@ -122,6 +122,12 @@ def test_axfr_tcp_only_and_only_for_allowed() -> None:
     (not_apex,) = core.handle_tcp(query("master.sidus.zone", "AXFR"), "10.20.17.252")
     assert parse(not_apex).header.rcode == RCODE.REFUSED
     assert parse(core.handle_udp(query("sidus.zone", "AXFR"), "10.20.17.252")).header.rcode == RCODE.FORMERR
+    # IXFR: over TCP the whole zone (AXFR-style); over UDP the SOA alone, meaning "use TCP".
+    ixfr = core.handle_tcp(query("sidus.zone", "IXFR"), "10.20.17.252")
+    assert sum(len(parse(m).rr) for m in ixfr) == sum(len(parse(m).rr) for m in messages)
+    soa_only = parse(core.handle_udp(query("sidus.zone", "IXFR"), "10.20.17.252"))
+    assert [QTYPE[rr.rtype] for rr in soa_only.rr] == ["SOA"]
+    assert parse(core.handle_udp(query("sidus.zone", "IXFR"), INSIDE)).header.rcode == RCODE.REFUSED
 
 
 def test_recursion_policy() -> None:
