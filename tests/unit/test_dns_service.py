@@ -197,7 +197,7 @@ def test_forwarding_and_servfail_on_timeout(silent: bool) -> None:
             reply = DNSRecord.parse(await udp(port, q))
             assert reply.header.id == 0x4242
             if silent:
-                assert reply.header.rcode == RCODE.SERVFAIL and 0.25 < time.monotonic() - start < 1.5
+                assert reply.header.rcode == RCODE.SERVFAIL and 0.25 < time.monotonic() - start < 3.0
             else:
                 assert [str(rr.rdata) for rr in reply.rr] == ["192.0.2.1"]
                 assert fake.seen[0][2:] == q[2:]  # the client's query, under an ID of our own
