@@ -259,7 +259,8 @@ class DnsServer:
         if len(wire) > limit:
             self.stats["truncated"] += 1
             return self._truncated(request, opt is not None, ra)
-        if data[12:12 + len(key)].lower() == key:  # echo the client's own spelling of the name
+        asked = data[12:12 + len(key)]
+        if asked[:-4].lower() == key[:-4] and asked[-4:] == key[-4:]:  # echo the client's spelling
             return data[:2] + wire[2:12] + data[12:12 + len(key)] + wire[12 + len(key):]
         return wire
 

@@ -66,6 +66,11 @@ def test_case_insensitive_and_question_echoed_as_asked(core: DnsServer) -> None:
         assert [str(rr.rdata) for rr in reply.rr] == ["10.20.17.254"] and reply.header.id == 7
 
 
+def test_case_echoed_for_types_whose_bytes_look_like_letters(core: DnsServer) -> None:
+    reply = parse(core.handle_udp(query("MASTER.sidus.zone", 65), INSIDE))  # 65 = 0x0041 = "A"
+    assert str(reply.q.qname) == "MASTER.sidus.zone." and reply.q.qtype == 65 and not reply.rr
+
+
 def test_rd_copied_and_ra_only_for_recursion_clients(core: DnsServer) -> None:
     inside = parse(core.handle_udp(query("gateway.sidus.zone"), INSIDE))
     outside = parse(core.handle_udp(query("gateway.sidus.zone", rd=False), OUTSIDE))
