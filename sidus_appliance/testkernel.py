@@ -316,6 +316,14 @@ def publish(instance_root: Path, kernel: TestKernel | None = None, cache_dir: Pa
     return published
 
 
+def instance_overrides(instance_root: Path, name: str = "lab", modes: tuple[str, ...] = ("overlay",)) -> dict:
+    """Config overrides declaring the published test instance (for lab.write_lab_config).
+
+    console=ttyS0 only adds the kernel's own messages to the serial log (the marker goes to
+    ttyS0 regardless); they let the QEMU runner time the kernel phase."""
+    return {"instances": [{"name": name, "root": str(instance_root), "append": "console=ttyS0", "modes": list(modes)}]}
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
