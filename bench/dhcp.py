@@ -26,8 +26,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import pstats
 import re
+import resource
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +68,14 @@ class Step:
     orphans: int = 0
     avg_delay_ms: float = 0.0  # REQUEST-ACK
     perfdhcp_rc: int = 0
+    server_cpu: float = 0.0  # CPU seconds (user+system, all threads) the server used during the step
+    client_cpu: float = 0.0  # the same for perfdhcp
+    load: float = 0.0  # 1-minute load average at the end of the step
+
+    @property
+    def cpu_us_per_dora(self) -> float:
+        """Server CPU per completed exchange: the figure least moved by the box's other load."""
+        return self.server_cpu / self.acks * 1e6 if self.acks else 0.0
 
     @property
     def rate(self) -> float:
@@ -126,10 +139,22 @@ def run_perfdhcp(lab: Lab, rate: int, period: float, clients: int) -> Step:
     command = [
         "perfdhcp", "-4", "-l", "eth0", "-r", str(rate), "-R", str(clients), "-p", f"{period:g}", SERVER_IP,
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = client.run(command, timeout=period + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode not in (0, 3):  # 3: some exchanges failed, which is what we measure
         raise RuntimeError(f"perfdhcp failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return parse_perfdhcp(result.stdout, Step(rate, period, perfdhcp_rc=result.returncode))
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return parse_perfdhcp(result.stdout, Step(rate, period, perfdhcp_rc=result.returncode, client_cpu=client_cpu))
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a whole process (every thread), in seconds, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- the servers
@@ -182,11 +207,34 @@ class Ours(Server):
         }
         config = write_lab_config(self.workdir, overrides)
         command = [sys.executable]
-        if self.args.profile:
+        if self.args.profile == "cprofile":
             command += ["-m", "cProfile", "-o", str(self.workdir / "serve.prof")]
         command += ["-m", "sidus_appliance.cli", "--log-level", self.args.log_level, "serve", "--config", str(config)]
         self.process = NsProcess(self.lab.server_ns, command, self.workdir / "serve.log")
         self.process.wait_ready(lambda: "ready: serving" in self.process.log(), timeout=60)
+        self.spy: subprocess.Popen[bytes] | None = None
+        if self.args.profile == "py-spy":
+            # Samples the running server (same PID namespace) until it exits; idle time excluded.
+            command = [py_spy(), "record", "-p", str(self.process.pid), "-f", "raw", "--nolineno",
+                       "-r", str(SPY_RATE), "-o", str(self.workdir / "py-spy.txt")]
+            with open(self.workdir / "py-spy.log", "wb") as spy_log:
+                self.spy = subprocess.Popen(command, stdout=spy_log, stderr=subprocess.STDOUT)
+            self.spy_started = time.monotonic()
+
+    def stop(self) -> None:
+        super().stop()
+        spy, self.spy = getattr(self, "spy", None), None
+        if spy is not None:
+            self.spy_seconds = time.monotonic() - self.spy_started
+            try:
+                spy.wait(30)  # py-spy writes its file and exits once the server has gone
+            except subprocess.TimeoutExpired:
+                spy.send_signal(signal.SIGINT)
+                try:
+                    spy.wait(10)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
 
     def persisted(self) -> tuple[int, int]:
         journal = self.workdir / "state" / "leases.journal"
@@ -204,6 +252,11 @@ class Ours(Server):
         return len(leases), journal.stat().st_size
 
     def profile(self) -> str:
+        if self.args.profile == "py-spy":
+            raw = self.workdir / "py-spy.txt"
+            if not raw.exists():
+                return f"(py-spy wrote nothing: {(self.workdir / 'py-spy.log').read_text(errors='replace')[-500:]})"
+            return spy_breakdown(raw.read_text(), getattr(self, "spy_seconds", 0.0))
         path = self.workdir / "serve.prof"
         if not path.exists():
             return "(no profile written: did serve exit cleanly?)"
@@ -215,12 +268,70 @@ class Ours(Server):
         return out.read_text()
 
 
+SPY_RATE = 200  # samples per second
+
+# Where a sample's time goes: the leaf-most frame that matches one of these decides
+# (frames of other modules, json or struct say, count for the caller that matched).
+CATEGORIES = (
+    ("logging/", "", "logging (records, formatting, write to the log file)"),
+    ("ipaddress.py", "", "ipaddress objects (IPv4Address/Network create, str, compare)"),
+    ("sidus_appliance/dhcp/codec.py", "encode", "codec: encode reply"),
+    ("sidus_appliance/dhcp/codec.py", "_option_order", "codec: encode reply"),
+    ("sidus_appliance/dhcp/codec.py", "", "codec: parse request"),
+    ("sidus_appliance/dhcp/leases.py", "", "lease store (commit, journal line, write, compaction)"),
+    ("sidus_appliance/dhcp/server.py", "", "policy core (server.py, excluding the above)"),
+    ("sidus_appliance/dhcp/service.py", "", "service glue (decision text, ARP ioctl, send)"),
+    ("asyncio/", "", "asyncio loop + socket recv/send"),
+    ("selectors.py", "", "asyncio loop + socket recv/send"),
+    ("socket.py", "", "asyncio loop + socket recv/send"),
+)
+
+
+def py_spy() -> str:
+    for candidate in (Path(sys.executable).with_name("py-spy"), shutil.which("py-spy")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    sys.exit("--profile py-spy needs py-spy (.venv/bin/pip install py-spy), or use --profile cprofile")
+
+
+def spy_breakdown(raw: str, seconds: float) -> str:
+    """Busy samples of py-spy's raw (collapsed) output, by category and by leaf function."""
+    by_category: dict[str, int] = {}
+    by_leaf: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        leaf = frames[-1]
+        by_leaf[leaf] = by_leaf.get(leaf, 0) + count
+        category = "other (startup, GC, ...)"
+        for frame in reversed(frames):
+            func, _, where = frame.partition(" (")
+            match = next((c for path, f, c in CATEGORIES if path in where and func.startswith(f)), None)
+            if match:
+                category = match
+                break
+        by_category[category] = by_category.get(category, 0) + count
+    if not total:
+        return "py-spy: no busy samples"
+    busy = f"{total / SPY_RATE:.1f} s busy" + (f" of {seconds:.0f} s sampled" if seconds else "")
+    lines = [f"== where ours spends its CPU (py-spy, {total} samples = {busy})"]
+    for name, count in sorted(by_category.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {count / total:6.1%}  {name}")
+    lines.append("  top leaf functions (self time):")
+    for name, count in sorted(by_leaf.items(), key=lambda kv: -kv[1])[:15]:
+        lines.append(f"  {count / total:6.1%}  {name}")
+    return "\n".join(lines)
+
+
 class Dnsmasq(Server):
     name = "dnsmasq"
 
     def version(self) -> str:
-        import subprocess
-
         out = subprocess.run(["dnsmasq", "--version"], capture_output=True, text=True).stdout
         return out.splitlines()[0] if out else "dnsmasq"
 
@@ -245,8 +356,6 @@ class Kea(Server):
     name = "kea"
 
     def version(self) -> str:
-        import subprocess
-
         out = subprocess.run(["kea-dhcp4", "-v"], capture_output=True, text=True).stdout.strip()
         return f"kea-dhcp4 {out}, memfile persist, log INFO"
 
@@ -298,78 +407,81 @@ def fmt_step(name: str, s: Step) -> str:
     return (
         f"  {name:<8} offered {s.offered:>6}/s  DORA {s.rate:8.1f}/s  drops {s.drops:7.2%}"
         f"  (DO {s.offers}/{s.discovers}, RA {s.acks}/{s.requests}, orphans {s.orphans},"
-        f" ack delay {s.avg_delay_ms:.1f} ms)  {'held' if s.held else 'MISSED'}"
+        f" ack delay {s.avg_delay_ms:.1f} ms)  {'held' if s.held else 'MISSED'}  server cpu {s.server_cpu:.1f} s"
+        f" = {s.cpu_us_per_dora:.0f} us/DORA, perfdhcp cpu {s.client_cpu:.1f} s, load {s.load:.1f}"
     )
 
 
-def climb(server: Server, result: Result, args: argparse.Namespace, deadline: float) -> None:
-    """Step the offered rate up until saturation, then bisect between held and missed."""
+class Bench:
+    """All servers up at once, each in its own lab; the offered rates are interleaved between them,
+    so a change in the box's load (colleagues' tests on 2 cores) hits every server alike."""
 
-    def step(rate: int) -> Step:
-        s = run_perfdhcp(server.lab, rate, args.period, args.clients)
+    def __init__(self, args: argparse.Namespace, deadline: float) -> None:
+        self.args, self.deadline = args, deadline
+        self.servers: list[tuple[Server, Result]] = []
+
+    def time_left(self) -> bool:
+        return time.monotonic() + self.args.period + 5 < self.deadline
+
+    def step(self, server: Server, result: Result, rate: int) -> Step:
+        pid = server.process.pid if server.process else 0
+        cpu = process_cpu(pid)
+        s = run_perfdhcp(server.lab, rate, self.args.period, self.args.clients)
+        s.server_cpu, s.load = process_cpu(pid) - cpu, os.getloadavg()[0]
         result.steps.append(s)
         print(fmt_step(server.name, s), flush=True)
-        time.sleep(args.pause)  # let a backlog drain before the next step
+        # Let the backlog of an overloaded step drain (socket buffers, queued log lines) first.
+        time.sleep(self.args.pause * (5 if s.drops > 0.10 else 1))
         return s
 
-    enough_time = lambda: time.monotonic() + args.period + 5 < deadline  # noqa: E731
-    best = 0.0
-    for rate in args.rates:
-        if not enough_time():
-            print(f"  {server.name}: time budget spent, stopping the ladder")
-            break
-        s = step(rate)
-        # Climb on while the completed rate still grows: a missed step on a loaded box may be noise,
-        # and the peak often lies past the first missed rate.
-        if s.drops > GIVE_UP_DROPS or (not s.held and s.rate < best * 1.05):
-            break
-        best = max(best, s.rate)
-    for _ in range(args.refine):
-        held = [s.offered for s in result.steps if s.held]
-        if not held:
-            break
-        low = max(held)
-        missed = [s.offered for s in result.steps if not s.held and s.offered > low]
-        if not missed:
-            break
-        high = min(missed)
-        if high - low < max(50, low * 0.1) or not enough_time():
-            break
-        step(int(round((low + high) / 2, -1 if low < 1000 else -2)))
+    def run(self) -> None:
+        climbing = list(self.servers)
+        best = {id(server): 0.0 for server, _ in self.servers}
+        for rate in self.args.rates:
+            for server, result in list(climbing):
+                if not self.time_left():
+                    print("  time budget spent: stopping the ladder")
+                    return
+                s = self.step(server, result, rate)
+                # Climb on while the completed rate still grows: a missed step on a loaded box may
+                # be noise, and the peak often lies past the first missed rate.
+                if s.drops > GIVE_UP_DROPS or (not s.held and s.rate < best[id(server)] * 1.05):
+                    climbing.remove((server, result))
+                best[id(server)] = max(best[id(server)], s.rate)
+        for _ in range(self.args.refine):
+            for server, result in self.servers:
+                middle = bisect(result.steps)
+                if middle and self.time_left():
+                    self.step(server, result, middle)
 
 
-def bench_server(name: str, lab: Lab, root: Path, args: argparse.Namespace, deadline: float) -> Result:
-    workdir = root / name
-    workdir.mkdir()
-    server = SERVERS[name](lab, workdir, args)
-    result = Result(name, version=server.version(), load_before=load())
-    print(f"\n== {name}: {result.version}; {result.load_before}", flush=True)
-    try:
-        server.start()
-        climb(server, result, args, deadline)
-    except Exception as exc:  # one server failing must not hide the others' figures
-        result.error = str(exc)
-        print(f"  {name}: ERROR {exc}", flush=True)
-    finally:
-        server.stop()
-    result.load_after = load()
-    with contextlib.suppress(Exception):
-        result.leases_persisted, result.lease_file_bytes = server.persisted()
-    print(f"  {name}: {result.leases_persisted} leases persisted ({result.lease_file_bytes} bytes);", result.load_after)
-    if args.profile and name == "ours":
-        result.profile = server.profile()
-        print(result.profile)
-    return result
+def bisect(steps: list[Step]) -> int | None:
+    """Midway between the best rate held and the lowest rate above it that was missed."""
+    held = [s.offered for s in steps if s.held]
+    if not held:
+        return None
+    low = max(held)
+    missed = [s.offered for s in steps if not s.held and s.offered > low]
+    if not missed:
+        return None
+    high = min(missed)
+    if high - low < max(50, low * 0.1):
+        return None
+    return int(round((low + high) / 2, -1 if low < 1000 else -2))
 
 
 def summary(results: list[Result]) -> str:
     lines = ["", "== summary (DORA/s = completed 4-way exchanges per second; drops = exchanges not completed)"]
-    lines.append(f"  {'server':<8} {'held <1% drops':>22} {'peak':>22} {'leases persisted':>17}  load after")
+    lines.append("  (cpu/DORA: server CPU per exchange at its best held rate; least sensitive to the box's load)")
+    lines.append(
+        f"  {'server':<8} {'held <1% drops':>22} {'peak':>22} {'cpu/DORA':>10} {'leases persisted':>17}  load after"
+    )
     for r in results:
         held, peak = r.held, r.peak
         h = f"{held.rate:.0f}/s ({held.drops:.2%})" if held else "-"
         p = f"{peak.rate:.0f}/s ({peak.drops:.2%})" if peak else "-"
-        lines.append(f"  {r.server:<8} {h:>22} {p:>22} {r.leases_persisted:>17}  {r.load_after}")
+        c = f"{held.cpu_us_per_dora:.0f} us" if held else "-"
+        lines.append(f"  {r.server:<8} {h:>22} {p:>22} {c:>10} {r.leases_persisted:>17}  {r.load_after}")
         if r.error:
             lines.append(f"  {'':<8} error: {r.error.splitlines()[0]}")
     by = {r.server: r for r in results}
@@ -381,8 +493,11 @@ def summary(results: list[Result]) -> str:
                 oh = ours.held.rate if ours.held else 0.0
                 rh = other.held.rate if other.held else 0.0
                 held_ratio = f"{oh / rh:.2f}x" if rh else "n/a"
+                cpu = ""
+                if ours.held and other.held and ours.held.cpu_us_per_dora:
+                    cpu = f", CPU per exchange {other.held.cpu_us_per_dora / ours.held.cpu_us_per_dora:.2f}x as lean"
                 lines.append(
-                    f"  ours/{ref}: held {held_ratio}, peak {ours.peak.rate / other.peak.rate:.2f}x"
+                    f"  ours/{ref}: held {held_ratio}, peak {ours.peak.rate / other.peak.rate:.2f}x{cpu}"
                 )
         dnsmasq = by.get("dnsmasq")
         if dnsmasq and dnsmasq.peak:
@@ -407,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=100_000, help="simulated clients (perfdhcp -R)")
     parser.add_argument("--budget", type=float, default=540, help="seconds for the whole run (default 540)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="ours")
-    parser.add_argument("--profile", action="store_true", help="run ours under cProfile and print where time goes")
+    parser.add_argument("--profile", choices=["py-spy", "cprofile"],
+                        help="profile ours during the run, print where its time goes (py-spy: sampling)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, lease files)")
     args = parser.parse_args(argv)
@@ -421,16 +537,44 @@ def main(argv: list[str] | None = None) -> int:
     tools = ["perfdhcp"] + [t for n, t in (("dnsmasq", "dnsmasq"), ("kea", "kea-dhcp4")) if n in names]
     require_root(tools)
 
+    results: list[Result] = []
     start = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="sidus-bench-dhcp-"))
     print(f"perfdhcp: {args.clients} simulated clients, {args.period:g} s per step, ladder {args.rates}; "
-          f"work dir {root}; {load()}")
-    results: list[Result] = []
-    with Lab(interface=INTERFACE, address=SERVER_ADDRESS) as lab:
-        lab.add_client(address=CLIENT_ADDRESS)
-        for i, name in enumerate(names):
-            share = (args.budget - (time.monotonic() - start)) / (len(names) - i)
-            results.append(bench_server(name, lab, root, args, time.monotonic() + share))
+          f"work dir {root}; {load()}", flush=True)
+    bench = Bench(args, start + args.budget)
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            lab = stack.enter_context(Lab(interface=INTERFACE, address=SERVER_ADDRESS))
+            lab.add_client(address=CLIENT_ADDRESS)
+            workdir = root / name
+            workdir.mkdir()
+            server = SERVERS[name](lab, workdir, args)
+            result = Result(name, version=server.version(), load_before=load())
+            print(f"  {name}: {result.version} in {lab.server_ns}", flush=True)
+            try:
+                server.start()
+            except Exception as exc:  # one server failing must not hide the others' figures
+                result.error = str(exc)
+                print(f"  {name}: ERROR {exc}", flush=True)
+            else:
+                stack.callback(server.stop)  # ended by PID before its lab goes, whatever happens
+                bench.servers.append((server, result))
+            results.append(result)
+        try:
+            bench.run()
+        except Exception as exc:
+            for _, result in bench.servers:
+                result.error = result.error or f"bench stopped: {exc}"
+            print(f"  ERROR {exc}", flush=True)
+        for server, result in bench.servers:
+            server.stop()
+            result.load_after = load()
+            with contextlib.suppress(Exception):
+                result.leases_persisted, result.lease_file_bytes = server.persisted()
+            if args.profile and server.name == "ours":
+                result.profile = server.profile()
+                print(result.profile)
     print(summary(results))
     print(f"  total {time.monotonic() - start:.0f} s")
     if args.json:
@@ -440,8 +584,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep:
         print(f"  logs and lease files kept in {root}")
     else:
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
     return 1 if any(r.error for r in results) else 0
 
