@@ -64,6 +64,8 @@ FLAG_BROADCAST = 0x8000
 # Options whose length the RFCs fix; a wrong length means a corrupt or hostile packet.
 _FIXED_LENGTHS = {OPT_MESSAGE_TYPE: 1, OPT_OVERLOAD: 1, OPT_REQUESTED_IP: 4, OPT_SERVER_ID: 4, OPT_MAX_SIZE: 2}
 ZERO_IP = IPv4Address(0)
+_ZERO4 = bytes(4)
+_TL = struct.Struct("BB").pack  # option code and length, faster than bytes((code, length))
 
 
 class MalformedPacket(ValueError):
@@ -135,9 +137,13 @@ def parse(data: bytes) -> DhcpPacket:
             raise MalformedPacket(f"option {code} has length {len(value)}, expected {length}")
     return DhcpPacket(
         op, htype, hlen, hops, xid, secs, flags,
-        IPv4Address(ci), IPv4Address(yi), IPv4Address(si), IPv4Address(gi),
+        _ip(ci), _ip(yi), _ip(si), _ip(gi),
         chaddr, sname.partition(b"\0")[0], file.partition(b"\0")[0], options,  # C strings
     )
+
+
+def _ip(raw: bytes) -> IPv4Address:
+    return ZERO_IP if raw == _ZERO4 else IPv4Address(raw)  # most address fields are 0.0.0.0
 
 
 def _parse_options(buf: bytes, pos: int, end: int, out: dict[int, bytes], where: str) -> None:
@@ -173,13 +179,13 @@ def encode(pkt: DhcpPacket, order: Iterable[int] = ()) -> bytes:
     options = pkt.options
     for code in _option_order(options, order):
         value = options[code]
-        if not value:
-            parts.append(bytes((code, 0)))
+        size = len(value)
+        if size <= 255:
+            parts.append(_TL(code, size) + value)
             continue
-        for start in range(0, len(value), 255):
+        for start in range(0, size, 255):
             chunk = value[start : start + 255]
-            parts.append(bytes((code, len(chunk))))
-            parts.append(chunk)
+            parts.append(_TL(code, len(chunk)) + chunk)
     parts.append(b"\xff")
     data = b"".join(parts)
     if len(data) < BOOTP_MIN_SIZE:
@@ -188,11 +194,16 @@ def encode(pkt: DhcpPacket, order: Iterable[int] = ()) -> bytes:
 
 
 def _option_order(options: dict[int, bytes], order: Iterable[int]) -> list[int]:
-    codes = [c for c in (OPT_MESSAGE_TYPE, OPT_SERVER_ID) if c in options]
-    seen = set(codes)
-    for code in order:
-        if code in options and code not in seen:
+    rest = sorted(options)  # a fresh list we may consume
+    codes = []
+    for code in (OPT_MESSAGE_TYPE, OPT_SERVER_ID, *order):
+        if code in options and code not in codes:
             codes.append(code)
-            seen.add(code)
-    codes.extend(sorted(c for c in options if c not in seen and c not in (OPT_PAD, OPT_END)))
+    if codes:
+        rest = [c for c in rest if c not in codes]
+    if rest and rest[0] == OPT_PAD:
+        rest.pop(0)
+    if rest and rest[-1] == OPT_END:
+        rest.pop()
+    codes.extend(rest)
     return codes

@@ -177,6 +177,7 @@ class DhcpServer:
             self._lease_options[OPT_REBINDING] = (lease_time * 7 // 8).to_bytes(4, "big")
         self._lease_seconds = None if lease_time == INFINITE_LEASE else float(lease_time)
         self._next_server = str(config.server_ip).encode()
+        self._names: dict[IPv4Address, str] = {}  # pool name by address, memoised
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -433,7 +434,12 @@ class DhcpServer:
         host = self._hosts.get(mac)
         if host is not None:
             return host.name
-        return self._pool.name_for(address) if self._pool is not None else ""
+        if self._pool is None:
+            return ""
+        name = self._names.get(address)
+        if name is None:
+            name = self._names[address] = self._pool.name_for(address)
+        return name
 
     # ------------------------------------------------------------------ expiry
 

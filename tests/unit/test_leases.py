@@ -215,3 +215,15 @@ def test_sigkill_during_a_burst_loses_no_committed_lease(path: Path) -> None:
                 # The child may have committed more than it reported, never fewer.
                 assert found.expires is not None and found.expires >= seq, (round_, mac, found.expires, seq)
     assert len(reported) == 300
+
+
+@pytest.mark.parametrize("chost", ['quote"d', "back\\slash", "new\nline", "caf\u00e9 \u2603", "\x00\x1f", ""])
+def test_hostile_client_hostnames_round_trip_on_one_line(path: Path, chost: str) -> None:
+    with LeaseStore(path) as store:
+        store.commit(lease(1, chost=chost))
+        store.commit(lease(2, "declined", expires=1234.5))
+    assert len(path.read_bytes().splitlines()) == 2
+    with LeaseStore(path) as again:
+        assert again.by_mac(lease(1).mac) == lease(1, chost=chost)
+        assert again.by_mac(lease(2).mac) == lease(2, "declined", expires=1234.5)
+        assert again.skipped_lines == 0
