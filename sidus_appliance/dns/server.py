@@ -28,7 +28,7 @@ from .zone import Zone
 UDP_PAYLOAD = 1232  # what we advertise and the most we send over UDP (DNS flag day 2020)
 PLAIN_LIMIT = 512  # RFC 1035 limit without EDNS
 CACHE_LIMIT = 50_000  # memo entries beyond the warmed zone; random-name floods cannot grow us
-WARM_LIMIT = 20_000  # owners precomputed eagerly; bigger zones fill the memo lazily
+WARM_LIMIT = 4096  # owners precomputed eagerly (~1 s of CPU, in steps); the rest fill the memo lazily
 AXFR_CHUNK = 100  # records per AXFR message (well under 64 KiB)
 MAX_TCP_MESSAGE = 65535
 MAX_UDP_QUERY = 4096  # bigger "queries" are nonsense or an attack: dropped
@@ -87,12 +87,12 @@ def _flag_block(byte2: int, byte3: int, counts: bytes) -> tuple[bytes, bytes, by
 
 
 class DnsServer:
-    def __init__(self, zone: Zone, policy: Policy) -> None:
+    def __init__(self, zone: Zone, policy: Policy, warm: bool = True) -> None:
         self.policy = policy
         self.stats: Counter[str] = Counter()
         self.hits = 0  # kept apart from `stats`: a plain attribute is cheaper on the hot path
         self._ra: dict[str, int] = {}
-        self.set_zone(zone)
+        self.set_zone(zone, warm)
 
     # ------------------------------------------------------------------ configuration
 
@@ -115,11 +115,12 @@ class DnsServer:
     def warming(self, batch: int = 32) -> Iterator[None]:
         """`warm` in steps of `batch` owners, so a transport can interleave traffic (~10 ms each)."""
         zone = self.zone
-        for n, (owner, sets) in enumerate(list(zone.rrsets.items())):
+        for n, owner in enumerate(list(zone.owners())):
             if self.zone is not zone or n >= WARM_LIMIT:
                 return  # superseded by a newer zone, or too big to warm: the memo fills lazily
             if zone.apex_of(owner) is None:
                 continue
+            sets = zone.sets(owner)
             saved = self.stats.copy()  # warming is not traffic
             qtypes = set(sets) | {QTYPE.A} if QTYPE.CNAME in sets else set(sets)
             for qtype in qtypes:

@@ -22,6 +22,7 @@ from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
 from .zone import Zone, zone_content
 
 REBUILD_DELAY = 0.1  # seconds to coalesce lease changes before rebuilding the zone
+WARM_DELAY = 1.0  # precompute answers once the zone has been stable this long (not mid-storm)
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent (RFC 7766 suggests "seconds")
 MAX_TCP_CLIENTS = 128
 MAX_FORWARDS = 1024  # in-flight upstream queries; beyond that clients get SERVFAIL at once
@@ -127,13 +128,14 @@ class DnsService:
         self.log = log
         content, problems = zone_content(config, self._bound())
         self.zone = Zone(config.domain, config.reverse_zone, next_serial(0, time.time()), content, problems)
-        self.core = DnsServer(self.zone, policy_of(config))
+        self.core = DnsServer(self.zone, policy_of(config), warm=False)  # warmed in steps by start()
         self._listeners: list[_UdpListener] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rebuild_handle: asyncio.TimerHandle | None = None
         self._expiry_handle: asyncio.TimerHandle | None = None
+        self._warm_handle: asyncio.TimerHandle | None = None
         self._tcp_clients = 0
         self._closed = False
 
@@ -168,6 +170,7 @@ class DnsService:
             raise
         self.leases.subscribe(self._lease_changed)
         self._arm_expiry(self._bound())
+        self._step_warm(self.core.warming())
         self.log.info("dns: serving %s and %s on %s port %d (serial %d, %d records)",
                       self.config.domain, self.config.reverse_zone, ", ".join(self.addresses()), port,
                       self.zone.serial, len(self.zone.content))
@@ -176,7 +179,7 @@ class DnsService:
         if not self._closed and self._listeners:
             self.log.info("dns: counters %s", " ".join(f"{k}={v}" for k, v in sorted(self.core.counters().items())))
         self._closed = True
-        for handle in (self._rebuild_handle, self._expiry_handle):
+        for handle in (self._rebuild_handle, self._expiry_handle, self._warm_handle):
             if handle is not None:
                 handle.cancel()
         for listener in self._listeners:
@@ -236,10 +239,14 @@ class DnsService:
         for problem in set(problems) - set(self.zone.problems):
             self.log.warning("dns: %s", problem)
         self.zone = Zone(*apexes, next_serial(self.zone.serial, time.time()), content, problems)
-        # The memo is emptied at once (no stale answer survives the swap); warming runs in
-        # small steps between datagrams so a big zone never stalls the loop.
+        # The memo is emptied at once (no stale answer survives the swap) and refills from
+        # queries; the whole zone is precomputed again once changes pause (WARM_DELAY), in
+        # small steps between datagrams, so a boot storm never pays for repeated warm-ups.
         self.core.set_zone(self.zone, warm=False)
-        self._step_warm(self.core.warming())
+        if self._warm_handle is not None:
+            self._warm_handle.cancel()
+        if self._loop is not None:
+            self._warm_handle = self._loop.call_later(WARM_DELAY, lambda: self._step_warm(self.core.warming()))
         self.log.info("dns: zone rebuilt (%s): serial %d, %d records", reason, self.zone.serial, len(content))
 
     def _step_warm(self, steps: Iterator[None]) -> None:

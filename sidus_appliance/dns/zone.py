@@ -1,9 +1,10 @@
 """The lab's two zones (forward and reverse), computed from the config and the lease table.
 
 Pure data, no I/O: `build_zone(config, leases, serial)` returns an immutable `Zone` that the
-sans-IO server (`server.py`) queries. Records are first collected as plain comparable tuples
-(`Zone.content`), so the service can tell whether a lease change altered DNS at all and bump
-the SOA serial only when it did.
+sans-IO server (`server.py`) queries. Records are plain comparable tuples (`Zone.content`),
+so the service can tell whether a lease change altered DNS at all and bump the SOA serial
+only when it did. The config's part (pool included) is computed once per config; a lease
+change only recomputes the leases' part, and dnslib RRs are built lazily per owner.
 
 Name precedence, highest first (a lower tier never takes a name a higher tier holds):
 appliance (`gateway`) → reservations (`hosts`) → `dns.records` → pool names (`dhcp-<octet>`)
@@ -13,7 +14,7 @@ appliance (`gateway`) → reservations (`hosts`) → `dns.records` → pool name
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -76,10 +77,80 @@ class Lookup:
     additional: list[RR] = field(default_factory=list)
 
 
-class Zone:
-    """Both lab zones. Names are lowercase, without the trailing dot."""
+RecKey = tuple[str, int, tuple]  # (owner, type, rdata): identity of a record, TTL aside
 
-    def __init__(self, domain: str, reverse: str, serial: int, content: frozenset[Rec],
+
+@dataclass(eq=False)
+class Static:
+    """Everything that depends on the config alone (pool included): computed once per config,
+    so that a lease change costs work in proportion to the leases, not to the pool."""
+
+    config: Config
+    records: dict[RecKey, int]  # → ttl
+    index: dict[str, dict[int, list[Rec]]]  # by owner, then type
+    names: frozenset[str]  # owners, apexes and empty non-terminals
+    taken: frozenset[str]  # owners no lease may claim (everything above, pool names included)
+    fixed_ptr: frozenset[IPv4Address]  # addresses whose PTR the config decides (never a lease)
+    pool_ptr: frozenset[str]  # reverse owners whose pool-name PTR a lease may replace
+    problems: tuple[str, ...]
+
+
+class Content:
+    """The zone's records: the config's (`static`) plus the leases' (`dynamic`), where each
+    reverse owner in `hidden` has its pool-name PTR replaced by the lease's name."""
+
+    __slots__ = ("dynamic", "hidden", "static")
+
+    def __init__(self, static: Static, dynamic: dict[RecKey, int], hidden: frozenset[str]) -> None:
+        self.static, self.dynamic, self.hidden = static, dynamic, hidden
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Content):
+            return NotImplemented
+        same_static = self.static is other.static or self.static.records == other.static.records
+        return same_static and self.dynamic == other.dynamic and self.hidden == other.hidden
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __iter__(self) -> Iterator[Rec]:
+        for (owner, rtype, rdata), ttl in self.static.records.items():
+            if not (rtype == QTYPE.PTR and owner in self.hidden):
+                yield owner, rtype, ttl, rdata
+        for (owner, rtype, rdata), ttl in self.dynamic.items():
+            yield owner, rtype, ttl, rdata
+
+    def __len__(self) -> int:
+        return len(self.static.records) - len(self.hidden) + len(self.dynamic)
+
+
+_RRS: dict[Rec, RR] = {}  # dnslib RR per record, shared by successive zones (they share most records)
+
+
+def _rr(rec: Rec) -> RR:
+    rr = _RRS.get(rec)
+    if rr is None:
+        if len(_RRS) > 1_000_000:
+            _RRS.clear()
+        rr = _RRS[rec] = _make_rr(*rec)
+    return rr
+
+
+def _with_ancestors(owners: Iterable[str], apexes: tuple[str, ...], into: set[str]) -> None:
+    for owner in owners:
+        apex = next((a for a in apexes if _in(owner, a)), None)
+        name = owner
+        while apex and name not in into:
+            into.add(name)
+            if name == apex:
+                break
+            name = name.split(".", 1)[1]
+
+
+class Zone:
+    """Both lab zones. Names are lowercase, without the trailing dot. dnslib RRs are built on
+    first use, owner by owner: a zone over a /16 pool is cheap to create per lease change."""
+
+    def __init__(self, domain: str, reverse: str, serial: int, content: Content,
                  problems: tuple[str, ...] = ()) -> None:
         self.domain = domain
         self.reverse = reverse
@@ -88,24 +159,33 @@ class Zone:
         self.content = content
         self.problems = problems
         self.ns_name = f"{NS_LABEL}.{domain}"
-        self.rrsets: dict[str, dict[int, list[RR]]] = {}
-        self.names: set[str] = set()  # every owner plus empty non-terminals up to the apex
-        for owner, rtype, ttl, rdata in sorted(content):
-            self.rrsets.setdefault(owner, {}).setdefault(rtype, []).append(_make_rr(owner, rtype, ttl, rdata))
-        for apex in self.apexes:
-            soa = SOA(self.ns_name + ".", f"hostmaster.{domain}.", (serial, *SOA_TIMES))
-            sets = self.rrsets.setdefault(apex, {})
-            sets[QTYPE.SOA] = [RR(apex + ".", QTYPE.SOA, ttl=NEGATIVE_TTL, rdata=soa)]
-            ns = RR(apex + ".", QTYPE.NS, ttl=NS_TTL, rdata=NS(self.ns_name + "."))
-            sets.setdefault(QTYPE.NS, []).append(ns)
-        for owner in self.rrsets:
-            apex = self.apex_of(owner)
-            name = owner
-            while apex and name not in self.names:
-                self.names.add(name)
+        static = content.static
+        self._static = static
+        overlay: dict[str, dict[int, list[Rec]]] = {}
+        for owner in content.hidden:
+            overlay[owner] = {t: list(v) for t, v in static.index.get(owner, {}).items() if t != QTYPE.PTR}
+        for (owner, rtype, rdata), ttl in content.dynamic.items():
+            sets = overlay.get(owner)
+            if sets is None:
+                sets = overlay[owner] = {t: list(v) for t, v in static.index.get(owner, {}).items()}
+            sets.setdefault(rtype, []).append((owner, rtype, ttl, rdata))
+        self._overlay = overlay
+        self._extra_names: set[str] = set()  # lease names (and their ancestors) new to the static part
+        for owner in overlay.keys() - static.names:
+            apex, name = self.apex_of(owner), owner
+            while apex and name not in static.names and name not in self._extra_names:
+                self._extra_names.add(name)
                 if name == apex:
                     break
                 name = name.split(".", 1)[1]
+        self._apex: dict[str, dict[int, list[RR]]] = {}
+        for apex in self.apexes:
+            soa = SOA(self.ns_name + ".", f"hostmaster.{domain}.", (serial, *SOA_TIMES))
+            self._apex[apex] = {
+                QTYPE.SOA: [RR(apex + ".", QTYPE.SOA, ttl=NEGATIVE_TTL, rdata=soa)],
+                QTYPE.NS: [RR(apex + ".", QTYPE.NS, ttl=NS_TTL, rdata=NS(self.ns_name + "."))],
+            }
+        self._sets: dict[str, dict[int, list[RR]]] = {}
 
     def apex_of(self, name: str) -> str | None:
         for apex in self.apexes:
@@ -113,17 +193,47 @@ class Zone:
                 return apex
         return None
 
+    def exists(self, name: str) -> bool:
+        return name in self._static.names or name in self._extra_names or name in self._apex
+
+    def owners(self) -> Iterator[str]:
+        """Every owner with records, apexes first (for warming and transfers)."""
+        yield from self.apexes
+        for owner in self._static.index:
+            if owner not in self._apex and owner not in self._overlay:
+                yield owner
+        for owner in self._overlay:
+            if owner not in self._apex:
+                yield owner
+
+    def sets(self, owner: str) -> dict[int, list[RR]]:
+        """The owner's RRsets by type (empty when it has none)."""
+        cached = self._sets.get(owner)
+        if cached is not None:
+            return cached
+        recs = self._overlay.get(owner)
+        if recs is None:
+            recs = self._static.index.get(owner, {})
+        out = {t: [_rr(rec) for rec in sorted(v)] for t, v in recs.items() if v}
+        apex = self._apex.get(owner)
+        if apex is not None:
+            out[QTYPE.SOA] = apex[QTYPE.SOA]
+            out[QTYPE.NS] = apex[QTYPE.NS] + out.get(QTYPE.NS, [])
+        if out:  # names that do not exist are not cached: random queries cannot grow this
+            self._sets[owner] = out
+        return out
+
     def soa(self, apex: str) -> RR:
-        return self.rrsets[apex][QTYPE.SOA][0]
+        return self._apex[apex][QTYPE.SOA][0]
 
     def lookup(self, name: str, qtype: int) -> Lookup | None:
         """Authoritative answer for `name` (lowercase, no dot); None when outside our zones."""
         apex = self.apex_of(name)
         if apex is None:
             return None
-        if name not in self.names:
+        if not self.exists(name):
             return Lookup(3, authority=[self.soa(apex)])
-        sets = self.rrsets.get(name, {})
+        sets = self.sets(name)
         if qtype == QTYPE.ANY:
             answer = [rr for rrs in sets.values() for rr in rrs]
             return Lookup(0, answer=answer) if answer else Lookup(0, authority=[self.soa(apex)])
@@ -143,12 +253,12 @@ class Zone:
             if target in seen or self.apex_of(target) is None:
                 break
             seen.add(target)
-            sets = self.rrsets.get(target, {})
+            sets = self.sets(target)
             if qtype in sets:
                 answer += sets[qtype]
                 return Lookup(0, answer=answer)
             if QTYPE.CNAME not in sets:
-                rcode = 0 if target in self.names else 3
+                rcode = 0 if self.exists(target) else 3
                 return Lookup(rcode, answer=answer, authority=[self.soa(self.apex_of(target) or apex)])
             answer += sets[QTYPE.CNAME]
             target = str(sets[QTYPE.CNAME][0].rdata.label).rstrip(".").lower()
@@ -161,18 +271,15 @@ class Zone:
             if rr.rtype in (QTYPE.NS, QTYPE.MX, QTYPE.SRV):
                 rd = rr.rdata
                 target = getattr(rd, "label", None) or getattr(rd, "mname", None) or getattr(rd, "target", None)
-                extra += self.rrsets.get(str(target).rstrip(".").lower(), {}).get(QTYPE.A, [])
+                extra += self.sets(str(target).rstrip(".").lower()).get(QTYPE.A, [])
         return extra
 
     def transfer(self, apex: str) -> list[RR]:
         """AXFR content: SOA, every other record of the zone, SOA again (RFC 5936)."""
         soa = self.soa(apex)
-        body = [rr for owner, sets in sorted(self.rrsets.items()) if self.apex_of(owner) == apex
-                for rtype, rrs in sorted(sets.items()) if rtype != QTYPE.SOA for rr in rrs]
+        body = [rr for owner in sorted(self.owners()) if self.apex_of(owner) == apex
+                for rtype, rrs in sorted(self.sets(owner).items()) if rtype != QTYPE.SOA for rr in rrs]
         return [soa, *body, soa]
-
-    def with_serial(self, serial: int) -> Zone:
-        return Zone(self.domain, self.reverse, serial, self.content, self.problems)
 
 
 def _make_rr(owner: str, rtype: int, ttl: int, rdata: tuple) -> RR:
@@ -264,41 +371,75 @@ def build_zone(config: Config, leases: Iterable[LeaseLike] = (), serial: int = 1
     return Zone(config.domain, config.reverse_zone, serial, content, problems)
 
 
-def zone_content(config: Config, leases: Iterable[LeaseLike] = ()) -> tuple[frozenset[Rec], tuple[str, ...]]:
-    """The records (without SOA/NS) and the config problems met; cheap enough to diff per change."""
+_STATIC: list[Static] = []  # one entry: the last config's static part
+
+
+def static_part(config: Config) -> Static:
+    """The config-only records, memoised for the last config object seen."""
+    if _STATIC and _STATIC[0].config is config:
+        return _STATIC[0]
     b = _Builder(config)
     b.host(NS_LABEL, config.server_ip, "appliance", b.ttl)
-    reserved = {h.address for h in config.hosts}
     for h in config.hosts:
         if not b.host(h.name, h.address, "hosts", b.ttl):
             b.problems.append(f"hosts: {h.name} clashes with the appliance's own name; not in DNS")
     for i, rec in enumerate(config.dns.records):
         b.extra(i, rec.name, rec.type, rec.value, rec.ttl)
-    pool = config.dhcp.pool
+    fixed_ptr = set(b.ptrs) | {h.address for h in config.hosts} | {config.server_ip}
+    pool_ptr: set[str] = set()
+    if config.dhcp.pool is not None:
+        for ip in config.dhcp.pool.addresses():
+            b.host(config.dhcp.pool.name_for(ip), ip, "pool", b.dyn_ttl)
+            if ip not in fixed_ptr:
+                pool_ptr.add(reverse_name(ip))
+    index: dict[str, dict[int, list[Rec]]] = {}
+    for (owner, rtype, rdata), ttl in b.records.items():
+        index.setdefault(owner, {}).setdefault(rtype, []).append((owner, rtype, ttl, rdata))
+    apexes = (config.domain, config.reverse_zone)
+    names: set[str] = set(apexes)
+    _with_ancestors(index, apexes, names)
+    static = Static(config, b.records, index, frozenset(names), frozenset(set(b.addresses) | set(index)),
+                    frozenset(fixed_ptr), frozenset(pool_ptr), tuple(b.problems))
+    _STATIC[:] = [static]
+    return static
+
+
+def zone_content(config: Config, leases: Iterable[LeaseLike] = ()) -> tuple[Content, tuple[str, ...]]:
+    """The records (without SOA/NS) and the config problems met; cheap enough to diff per change."""
+    static = static_part(config)
+    domain = config.domain
+    dyn_ttl = min(config.dns.ttl, DYNAMIC_TTL)
     bound = [lease for lease in leases if lease.state == "bound" and lease.address in config.subnet]
-    # Bound pool leases take the PTR of their address before the static pool names do.
     lease_names: list[tuple[LeaseLike, str | None]] = []
-    static = set(b.addresses) | {k[0] for k in b.records}
-    pool_names = {b.fqdn(pool.name_for(ip)) for ip in pool.addresses()} if pool else set()
     for lease in bound:
         client = dns_label(lease.client_hostname)
-        if client is not None and (b.fqdn(client) in static or b.fqdn(client) in pool_names):
+        if client is not None and f"{client}.{domain}" in static.taken:
             client = None  # a reservation, static or pool name is not up for grabs
         lease_names.append((lease, client))
     claimed: dict[str, LeaseLike] = {}
     for lease, client in lease_names:  # later leases win a contested client name
         if client is not None:
-            claimed[b.fqdn(client)] = lease
+            claimed[client] = lease
+    dynamic: dict[RecKey, int] = {}
+    hidden: set[str] = set()
+    ptr_done: set[IPv4Address] = set()
     for lease, client in lease_names:
-        name = client if client is not None and claimed.get(b.fqdn(client)) is lease else dns_label(lease.hostname)
+        name = client if client is not None and claimed.get(client) is lease else dns_label(lease.hostname)
         if name is None:
             continue
-        if lease.address in reserved or lease.address == config.server_ip:
-            b.host(name, lease.address, "lease", b.dyn_ttl, ptr=False)
-        elif b.fqdn(name) not in static or b.fqdn(name) in pool_names:
-            b.host(name, lease.address, "lease", b.dyn_ttl)
-    if pool is not None:
-        for ip in pool.addresses():
-            b.host(pool.name_for(ip), ip, "pool", b.dyn_ttl)
-    content = frozenset((owner, rtype, ttl, rdata) for (owner, rtype, rdata), ttl in b.records.items())
-    return content, tuple(b.problems)
+        owner = f"{name}.{domain}"
+        a_key: RecKey = (owner, QTYPE.A, (str(lease.address),))
+        if a_key not in static.records:
+            if owner in static.taken:
+                continue  # the name already means something else
+            dynamic.setdefault(a_key, dyn_ttl)
+        if lease.address in static.fixed_ptr or lease.address in ptr_done:
+            continue  # a reservation's or the appliance's PTR stays the config's
+        ptr_done.add(lease.address)
+        reverse = reverse_name(lease.address)
+        ptr_key: RecKey = (reverse, QTYPE.PTR, (owner,))
+        if ptr_key not in static.records:
+            dynamic[ptr_key] = dyn_ttl
+            if reverse in static.pool_ptr:
+                hidden.add(reverse)
+    return Content(static, dynamic, frozenset(hidden)), static.problems

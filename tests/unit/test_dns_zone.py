@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from dnslib import QTYPE
 
 from sidus_appliance.dns.zone import build_zone, dns_label, zone_content
@@ -143,3 +145,23 @@ def test_dns_label() -> None:
     assert dns_label("x" * 100) == "x" * 63
     assert dns_label("") is None and dns_label(None) is None and dns_label("...") is None
     assert dns_label("été") == "t"
+
+
+def test_big_pool_lease_change_is_cheap_and_correct() -> None:
+    # A /16 pool (65k names, 130k records): the config's part is built once; each lease
+    # change then costs in proportion to the leases, and RRs are built only when asked.
+    big = config(address="10.20.0.254/16", subnet="10.20.0.0/16", hosts=[],
+                 dhcp={"pool": {"start": "10.20.1.1", "end": "10.20.255.250"}})
+    build_zone(big)  # builds and memoises the static part
+    start = time.perf_counter()
+    leases = [lease(f"10.20.{i}.7", f"dhcp-{i}", client=f"pc{i}") for i in range(1, 200)]
+    content, _ = zone_content(big, leases)
+    zone = build_zone(big, leases, serial=2)
+    assert time.perf_counter() - start < 1.0
+    pool = len(big.dhcp.pool.addresses())  # type: ignore[union-attr]
+    assert len(content) == 2 * pool + 2 + 1 + 199  # gateway A+PTR, filer CNAME, one A per client name
+    assert rdata(zone, "7.5.20.10.in-addr.arpa", "PTR") == ["pc5.sidus.zone."]
+    assert rdata(zone, "8.5.20.10.in-addr.arpa", "PTR") == ["dhcp-8.sidus.zone."]
+    assert rdata(zone, "pc5.sidus.zone", "A") == ["10.20.5.7"]
+    assert zone_content(big, list(leases))[0] == content
+    assert zone_content(big, leases[:-1])[0] != content
