@@ -6,8 +6,8 @@ EDNS queries. A hit costs a dict lookup and three concatenations: the query's ID
 precomputed flags/counts block (4 variants: RD copied, RA per client), the query's own
 question (so the client's 0x20 case survives; compression pointers in the answer point at
 offset 12 and stay valid) and the answer tail. Everything else takes the dnslib slow path,
-whose answers are then memoised. The zone answers are precomputed (`warm`) when the zone
-changes, which is the only moment they change.
+whose answers are then memoised. A new zone empties the memo; `warming` precomputes every
+owner's answers again (the transport runs it in steps, once changes pause).
 
 No sockets, clocks or globals here: forwarding is returned as a `Forward` action and the
 transport (service.py) performs it.
