@@ -129,7 +129,7 @@ _RRS: dict[Rec, RR] = {}  # dnslib RR per record, shared by successive zones (th
 def _rr(rec: Rec) -> RR:
     rr = _RRS.get(rec)
     if rr is None:
-        if len(_RRS) > 1_000_000:
+        if len(_RRS) > 300_000:
             _RRS.clear()
         rr = _RRS[rec] = _make_rr(*rec)
     return rr
@@ -219,7 +219,7 @@ class Zone:
         if apex is not None:
             out[QTYPE.SOA] = apex[QTYPE.SOA]
             out[QTYPE.NS] = apex[QTYPE.NS] + out.get(QTYPE.NS, [])
-        if out:  # names that do not exist are not cached: random queries cannot grow this
+        if out and len(self._sets) < 20_000:  # bounded; names that do not exist are never cached
             self._sets[owner] = out
         return out
 
