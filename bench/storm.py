@@ -129,19 +129,21 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[Any], timeout: float 
     raise RuntimeError(f"server not ready after {timeout}s:\n{path.read_text(errors='replace')[-2000:]}")
 
 
-def start_server(which: str, srv: Netns, tree: Tree, run_dir: Path, dnsmasq_ping: bool) -> subprocess.Popen[Any]:
+def start_server(
+    which: str, srv: Netns, run_dir: Path, config_path: Path, dnsmasq_root: Path, dnsmasq_ping: bool = False
+) -> subprocess.Popen[Any]:
+    """Ours (`serve` with config_path, fresh leases) or dnsmasq (dnsmasq_root) on eth1 in srv."""
     log_path = run_dir / f"{which}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child holds it; closed by the OS at exit
     if which == "ours":
-        state = tree.ours_dir / "state"
-        shutil.rmtree(state, ignore_errors=True)  # fresh leases: every client is new, as for dnsmasq
+        shutil.rmtree(config_path.parent / "state", ignore_errors=True)  # every client is new, as for dnsmasq
         argv = [sys.executable, "-m", "sidus_appliance.cli", "--log-level", "INFO", "serve",
-                "--config", str(tree.config_path)]  # fmt: skip
+                "--config", str(config_path)]  # fmt: skip
         proc = srv.popen(argv, log)
         wait_for(log_path, "ready: serving", proc)
     else:
         hosts = {MASTER_MAC: ("10.20.17.253", "master")}
-        argv = dnsmasq_argv("eth1", tree.dnsmasq_root, run_dir / "dnsmasq.leases", POOL, hosts=hosts,
+        argv = dnsmasq_argv("eth1", dnsmasq_root, run_dir / "dnsmasq.leases", POOL, hosts=hosts,
                             domain="sidus.zone", log_dhcp=False, no_ping=not dnsmasq_ping)  # fmt: skip
         proc = srv.popen(argv, log)
         wait_for(log_path, "TFTP root is", proc)
@@ -154,7 +156,7 @@ def run_storm(which: str, n: int, tree: Tree, work: Path, deadline: float, dnsma
     run_dir.mkdir()
     with namespaces("srv", "cli", prefix=f"storm-{which[:3]}{n}-") as (srv, cli):
         clients = wire(srv, cli, client_macs(n))
-        proc = start_server(which, srv, tree, run_dir, dnsmasq_ping)
+        proc = start_server(which, srv, run_dir, tree.config_path, tree.dnsmasq_root, dnsmasq_ping)
         time.sleep(0.5)  # let the bridge ports settle (forward delay 0, but links just came up)
         spec = {"server": SERVER, "clients": clients, "deadline": deadline, "tftp_timeout": 1.0, "tftp_retries": 6}
         spec_path = run_dir / "spec.json"

@@ -1,82 +1,101 @@
-"""Real QEMU boots to the marker, per firmware, against dnsmasq (the reference) inside throwaway
-namespaces. Phase 1 of the QEMU lab: proves firmware + pxelinux/syslinux.efi + test kernel work
-here, and gives the dnsmasq side of "one real boot-to-marker time, ours vs dnsmasq".
+"""Real QEMU boots to the marker, per firmware, from our appliance and from dnsmasq serving the
+same tree (same loaders, same generated menus, same kernel + marker initramfs), each inside a
+throwaway namespace. The "one real boot-to-marker time, ours vs dnsmasq" of the storm bench;
+with `--server dnsmasq` alone it is the phase-1 proof that firmware + loaders + kernel work here.
 
-    .venv/bin/python bench/storm_boot.py [--firmware bios uefi uefi-native] [--accel auto]
+    sudo .venv/bin/python bench/storm_boot.py [--server ours dnsmasq] [--firmware bios uefi uefi-native]
+
+Boots run one at a time (TCG is CPU-bound; 2 cores). dnsmasq runs with --no-ping, as in
+bench/storm.py (--dnsmasq-ping to restore its 3 s ping-before-offer).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from storm_dnsmasq import dnsmasq_argv, materialise_tree, simple_menu
+from storm import INSTANCE, MASTER_MAC, SERVER, start_server
+from storm_dnsmasq import materialise_tree, stage_loaders
 from storm_netns import namespaces
 
 from sidus_appliance import qemu, testkernel
-
-SERVER = "10.20.17.254"
-POOL = ("10.20.17.10", "10.20.17.249")
-MASTER_MAC = "08:00:aa:bb:cc:dd"
-INSTANCE = "lab"
+from sidus_appliance.config import load_config
+from sidus_appliance.lab import write_lab_config
+from sidus_appliance.tftp.menus import render_menu
 
 
-def boot_with_dnsmasq(firmwares: list[qemu.Firmware], accel: qemu.Accel, timeout: float, keep: bool) -> int:
+def prepare(work: Path) -> tuple[testkernel.TestKernel, Path, Path]:
+    """Test instance + our config and tftp root + the same tree materialised for dnsmasq."""
     kernel = testkernel.build()
-    kname, iname = kernel.tftp_names(INSTANCE)
+    instance_root = work / "nfsroot" / INSTANCE
+    published = testkernel.publish(instance_root, kernel)
+    config_path = write_lab_config(work / "ours", testkernel.instance_overrides(instance_root, INSTANCE))
+    stage_loaders(work / "ours" / "tftp")
+    config = load_config(config_path)
+    kname, iname = published.tftp_names(INSTANCE)
+    menus = {
+        "default": render_menu(config, None),
+        "01-" + MASTER_MAC.replace(":", "-"): render_menu(config, MASTER_MAC),
+    }
+    dnsmasq_root = work / "dnsmasq-tftp"
+    materialise_tree(dnsmasq_root, {kname: published.vmlinuz, iname: published.initrd}, menus)
+    return kernel, config_path, dnsmasq_root
+
+
+def boot_all(
+    servers: list[str], firmwares: list[qemu.Firmware], mac: str, accel: qemu.Accel, timeout: float,
+    keep: bool, dnsmasq_ping: bool,
+) -> int:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="qemudev-"))
-    root = work / "tftp"
-    materialise_tree(
-        root,
-        {kname: kernel.vmlinuz, iname: kernel.initrd},
-        {"default": simple_menu(kname, iname, "console=ttyS0 net.ifnames=0 sidus=overlay")},
-    )
-    results: list[qemu.BootResult] = []
-    with namespaces("srv") as (ns,):
-        ns.bridge("br0", f"{SERVER}/24")
-        log = open(work / "dnsmasq.log", "wb")  # noqa: SIM115 - closed below
-        ns.popen(
-            dnsmasq_argv(
-                "br0", root, work / "leases", POOL, hosts={MASTER_MAC: ("10.20.17.253", "master")}, domain="sidus.zone"
-            ),
-            log,
-        )
-        time.sleep(0.5)
-        for i, fw in enumerate(firmwares):
-            tap = f"tap{i}"
-            ns.tap(tap, "br0")
-            mac = f"52:54:00:00:17:{i + 1:02x}"
-            r = qemu.boot(fw, mac, tap, work / "qemu", ns.name, accel, timeout, kernel.vmlinuz)
-            results.append(r)
-            print(r.summary(), f"[{'; '.join(r.attempts)}]", flush=True)
-        log.close()
-    print(f"\nserver: dnsmasq   work dir: {work}")
-    print(f"{'firmware':<12} {'ok':<4} {'seconds':>8} {'accel':<5} {'ip':<15} {'boot file':<20} phases (s since start)")
-    for r in results:
-        ip = r.marker.ip if r.marker else "-"
+    kernel, config_path, dnsmasq_root = prepare(work)
+    results: list[tuple[str, qemu.BootResult]] = []
+    for which in servers:
+        run_dir = work / which
+        run_dir.mkdir(exist_ok=True)
+        with namespaces("srv", prefix=f"qemudev-{which[:3]}-") as (ns,):
+            ns.bridge("eth1", f"{SERVER}/24")
+            proc = start_server(which, ns, run_dir, config_path, dnsmasq_root, dnsmasq_ping)
+            for i, fw in enumerate(firmwares):
+                tap = f"tap{i}"
+                ns.tap(tap, "eth1")
+                r = qemu.boot(fw, mac, tap, run_dir / "qemu", ns.name, accel, timeout, kernel.vmlinuz)
+                results.append((which, r))
+                print(f"[{which}] {r.summary()} [{'; '.join(r.attempts)}]", flush=True)
+            ns.stop(proc)
+    print(f"\nwork dir: {work}   mac {mac}   kernel {kernel.version}")
+    print(f"{'server':<8} {'firmware':<12} {'ok':<4} {'seconds':>8} {'accel':<5} {'ip':<15} {'boot file':<20} phases")
+    for which, r in results:
+        ip = (r.marker.ip if r.marker else None) or "-"
         phases = " ".join(f"{k}={v:.1f}" for k, v in r.phases.items())
         print(
-            f"{r.firmware:<12} {'yes' if r.ok else 'NO':<4} {r.seconds:>8.1f} {r.accel:<5} {ip or '-':<15} "
+            f"{which:<8} {r.firmware:<12} {'yes' if r.ok else 'NO':<4} {r.seconds:>8.1f} {r.accel:<5} {ip:<15} "
             f"{r.serial.boot_file or '-':<20} {phases}"
         )
-    if not keep and all(r.ok for r in results):
-        import shutil
-
+    by = {(w, r.firmware): r for w, r in results}
+    for fw in firmwares:
+        o, d = by.get(("ours", fw)), by.get(("dnsmasq", fw))
+        if o and d and o.ok and d.ok:
+            print(f"ratio ours/dnsmasq {fw}: {o.seconds / d.seconds:.2f} ({o.seconds:.1f}s vs {d.seconds:.1f}s)")
+    ok = all(r.ok for _, r in results)
+    if ok and not keep:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", nargs="+", choices=("ours", "dnsmasq"), default=["ours", "dnsmasq"])
     ap.add_argument("--firmware", nargs="+", choices=qemu.FIRMWARES, default=list(qemu.FIRMWARES))
+    ap.add_argument("--mac", default="52:54:00:00:17:01")
     ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    ap.add_argument("--timeout", type=float, default=150.0)
-    ap.add_argument("--keep", action="store_true", help="keep the work dir (serial logs, dnsmasq log)")
+    ap.add_argument("--timeout", type=float, default=180.0)
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (serial logs, server logs)")
+    ap.add_argument("--dnsmasq-ping", action="store_true")
     args = ap.parse_args(argv)
-    return boot_with_dnsmasq(args.firmware, args.accel, args.timeout, args.keep)
+    return boot_all(args.server, args.firmware, args.mac, args.accel, args.timeout, args.keep, args.dnsmasq_ping)
 
 
 if __name__ == "__main__":

@@ -294,13 +294,34 @@ class BootResult:
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds since QEMU start
     attempts: list[str] = field(default_factory=list)  # e.g. ["kvm: exited without marker", "tcg: ok"]
 
+    @property
+    def menu(self) -> str | None:
+        """Which menu the guest booted from: "master" or "default" (None without a marker)."""
+        if self.marker is None:
+            return None
+        return "master" if is_master_cmdline(self.marker.cmdline) else "default"
+
+    def row(self) -> dict[str, str]:
+        """One line of a report table (lab boot, make demo)."""
+        m = self.marker
+        return {
+            "firmware": self.firmware,
+            "mac": self.mac,
+            "address": (m.ip if m else None) or "-",
+            "name": (m.fqdn if m else None) or "-",
+            "boot file": self.serial.boot_file or "-",
+            "menu": self.menu or "-",
+            "seconds": f"{self.seconds:.1f}" if self.ok else f"FAILED ({self.reason})",
+            "accel": self.accel,
+        }
+
     def summary(self) -> str:
         m = self.marker
         if not self.ok or m is None:
             return f"{self.firmware} {self.mac}: FAILED after {self.seconds:.1f}s ({self.reason}), {self.serial_log}"
         return (
             f"{self.firmware} {self.mac}: ip={m.ip} name={m.fqdn} boot_file={self.serial.boot_file} "
-            f"menu={'master' if is_master_cmdline(m.cmdline) else 'default'} {self.seconds:.1f}s ({self.accel})"
+            f"menu={self.menu} {self.seconds:.1f}s ({self.accel})"
         )
 
 
@@ -333,8 +354,11 @@ def run_once(
     netns: str | None = None,
     timeout: float = 120.0,
     memory_mb: int = 512,
+    stall: float | None = None,
 ) -> BootResult:
-    """One QEMU run: start, wait for the marker (or exit/timeout), stop. No retries."""
+    """One QEMU run: start, wait for the marker (or exit/timeout), stop. No retries.
+
+    stall: give up when the serial log has not grown for that long (a hung KVM guest)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"serial-{firmware}-{mac.replace(':', '')}-{accel}.log"
     log.unlink(missing_ok=True)
@@ -347,10 +371,13 @@ def run_once(
     marker: Marker | None = None
     reason = ""
     seconds = 0.0
+    grew_at, size = start, -1
     try:
         while True:
             text = log.read_text(errors="replace") if log.exists() else ""
             now = time.monotonic()
+            if len(text) != size:
+                grew_at, size = now, len(text)
             clock.feed(text, now)
             marker = parse_marker(text)
             seconds = now - start
@@ -364,6 +391,9 @@ def run_once(
                 break
             if seconds > timeout:
                 reason = f"no marker within {timeout:.0f}s"
+                break
+            if stall is not None and now - grew_at > stall:
+                reason = f"serial output stalled for {stall:.0f}s"
                 break
             time.sleep(0.05)
         if marker is not None:
@@ -400,7 +430,8 @@ def boot(
     attempts: list[str] = []
     result: BootResult | None = None
     for a in order:
-        result = run_once(firmware, mac, tap, workdir, a, netns, timeout, memory_mb)
+        # Under KVM a healthy boot never goes quiet for long; a hung one should fall back quickly.
+        result = run_once(firmware, mac, tap, workdir, a, netns, timeout, memory_mb, stall=30.0 if a == "kvm" else None)
         attempts.append(f"{a}: {'ok' if result.ok else result.reason} ({result.seconds:.1f}s)")
         # Only a KVM-specific failure is worth a TCG retry; a lease problem would fail the same way.
         if result.ok or (result.marker is not None and a == "kvm"):
