@@ -1,13 +1,16 @@
 """asyncio transport for TFTP: a listener on tftp.port, one UDP socket per transfer.
 
-The protocol lives in ``protocol.Session`` (sans-IO); this module only moves datagrams. Hot
-path choices, measured with bench/tftp.py:
-- each transfer's socket is *connected* to the client (the kernel drops strangers, RFC 1350's
-  "unknown TID" for free) and registered with ``loop.add_reader``: one callback, one ``recv``,
-  one ``send`` per ACK, no Future/Transport layers in between;
-- retransmission deadlines are checked by one ticker for all transfers instead of a timer
-  handle created and cancelled per packet;
-- file data is read with ``os.pread`` (see tree.py for why not mmap).
+The protocol lives in ``protocol.Session`` (sans-IO); this module only moves datagrams.
+
+Requests are handled on the asyncio loop (parse, tree lookup, errors, transfer cap, logs).
+Each accepted transfer then gets its own socket, *connected* to the client (the kernel drops
+strangers: RFC 1350's "unknown TID" for free), pumped by a small thread in blocking
+recv/send: lock-step TFTP is bound by the round-trip latency, and bench/tftp.py measured
+the same Session pumped from asyncio's loop (add_reader callbacks) at about half the
+throughput of this design, below tftpd-hpa; a thread blocked in ``recv`` releases the GIL, so
+the loop (DHCP, DNS) stays responsive. Retransmission deadlines use the socket's receive
+timeout (SO_RCVTIMEO: one syscall per datagram, no poll). File data is read with ``os.pread``
+(see tree.py for why not mmap).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
+import struct
+import threading
 import time
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -28,8 +32,9 @@ from sidus_appliance.tftp import protocol
 from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
-TICK = 0.05  # seconds between retransmission checks (timeouts are >= 1 s unless configured)
 SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
+RECHECK = 0.02  # seconds: a same-client RRQ waits this long for the old transfer to end
+THREAD_STACK = 256 << 10
 
 
 def interface_mtu(interface: str) -> int:
@@ -50,19 +55,60 @@ def limits_for(config: Config) -> protocol.Limits:
     )
 
 
+def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    seconds = max(seconds, 0.005)
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
 class _Transfer:
-    __slots__ = ("client", "fd", "pending", "request", "resolved", "session", "sock", "started")
+    __slots__ = ("cancelled", "client", "request", "resolved", "session", "sock", "started")
 
     def __init__(self, sock: socket.socket, client: tuple[str, int], request: bytes,
                  resolved: Resolved, session: protocol.Session, started: float) -> None:
         self.sock = sock
-        self.fd = sock.fileno()
         self.client = client
         self.request = request
         self.resolved = resolved
         self.session = session
         self.started = started
-        self.pending: list[bytes] = []  # datagrams the full send buffer refused, in order
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv
+
+    def pump(self, done: Any) -> None:
+        """Thread body: blocking lock-step (or windowed) sending until the session ends."""
+        sock, session = self.sock, self.session
+        send, recv, now = sock.send, sock.recv, time.monotonic
+        outcome = ""
+        try:
+            _set_receive_timeout(sock, session.interval)
+            for packet in session.start(now()):
+                send(packet)
+            while not session.done:
+                try:
+                    data = recv(65536)
+                except BlockingIOError:  # SO_RCVTIMEO expired
+                    for packet in session.poll(now()):
+                        send(packet)
+                    _set_receive_timeout(sock, session.deadline - now())
+                    continue
+                if not data or self.cancelled:
+                    outcome = "cancelled"
+                    break
+                for packet in session.receive(data, now()):
+                    send(packet)
+        except ConnectionRefusedError:  # ICMP port unreachable: the client went away
+            outcome = "client unreachable"
+        except OSError as exc:
+            outcome = "cancelled" if self.cancelled else f"socket error: {exc}"
+        finally:
+            sock.close()
+            self.resolved.close()
+            done(self, outcome or session.outcome)
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -83,7 +129,6 @@ class TftpService:
         self.transfers: dict[tuple[str, int], _Transfer] = {}
         self.listener: asyncio.DatagramTransport | None = None
         self.error_sock: socket.socket | None = None
-        self._ticker: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.completed = 0
         self.reload(config)
@@ -104,7 +149,10 @@ class TftpService:
             lambda: _Listener(self), local_addr=(self.bind_ip, self.config.tftp.port), reuse_port=False
         )
         # Errors go out from one spare ephemeral port, as from a new transfer ID (RFC 1350).
-        self.error_sock = self._new_socket()
+        self.error_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.error_sock.setblocking(False)
+        self.error_sock.bind((self.bind_ip, 0))
+        threading.stack_size(THREAD_STACK)  # pumps need little; hundreds of transfers stay cheap
         self.log.info(
             "tftp: serving %s on %s:%d (blksize <= %d, windowsize <= %d)", self.tree.root, self.bind_ip,
             self.config.tftp.port, self.limits.max_blksize, self.limits.max_windowsize,
@@ -115,21 +163,11 @@ class TftpService:
             self.listener.close()
             self.listener = None
         for transfer in list(self.transfers.values()):
+            transfer.cancel()
             self._finish(transfer, "server shutting down")
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
         if self.error_sock is not None:
             self.error_sock.close()
             self.error_sock = None
-
-    def _new_socket(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        sock.bind((self.bind_ip, 0))
-        return sock
 
     # ------------------------------------------------------------------ requests
 
@@ -138,7 +176,7 @@ class TftpService:
             with contextlib.suppress(OSError):
                 self.error_sock.sendto(protocol.error_packet(code, message), addr)
 
-    def on_request(self, data: bytes, addr: tuple[str, int]) -> None:
+    def on_request(self, data: bytes, addr: tuple[str, int], recheck: bool = False) -> None:
         if len(data) >= 2 and data[0] == 0 and data[1] in (protocol.DATA, protocol.ACK, protocol.ERROR, protocol.OACK):
             return  # strays for an old transfer: answering could loop
         try:
@@ -152,14 +190,18 @@ class TftpService:
             self._error(addr, protocol.ERR_ACCESS, "access violation: this server is read-only")
             return
         old = self.transfers.get(addr)
+        if old is not None and not recheck and old.request == data and old.session.acked < 1:
+            # Either the client repeated its request (its answer is on the way from the old
+            # transfer) or, as EDK II does after its tsize probe, it sent ERROR 8 to the old
+            # port and asked again: the old pump is ending. Look again in a moment.
+            assert self.loop is not None
+            self.loop.call_later(RECHECK, self.on_request, data, addr, True)
+            return
         if old is not None:
-            # Let the old transfer read what the client sent before this request (EDK II's
-            # ERROR 8 after the tsize probe), then decide whether this is a retransmitted RRQ.
-            self._on_readable(old)
-            if not old.session.done:
-                if old.request == data and old.session.acked < 1:
-                    return  # the client repeated its request; the session retransmits itself
-                self._finish(old, "superseded by a new request")
+            if recheck and old.request == data and old.session.acked < 1:
+                return  # a retransmitted request: the old transfer answers it
+            old.cancel()
+            del self.transfers[addr]
         if len(self.transfers) >= self.config.tftp.max_transfers:
             self.log.warning("tftp: %s:%d: %d transfers running, %r refused", addr[0], addr[1],
                              len(self.transfers), request.filename)
@@ -177,9 +219,11 @@ class TftpService:
         self._begin(addr, data, request, resolved)
 
     def _begin(self, addr: tuple[str, int], raw: bytes, request: protocol.Request, resolved: Resolved) -> None:
-        assert self.loop is not None
         try:
-            sock = self._new_socket()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.bind((self.bind_ip, 0))
             sock.connect(addr)
         except OSError as exc:
             resolved.close()
@@ -188,79 +232,24 @@ class TftpService:
             return
         negotiated = protocol.negotiate(request.options, self.limits, resolved.size)
         session = protocol.Session(resolved.read, resolved.size, negotiated, self.limits)
-        now = time.monotonic()
-        transfer = _Transfer(sock, addr, raw, resolved, session, now)
+        transfer = _Transfer(sock, addr, raw, resolved, session, time.monotonic())
         self.transfers[addr] = transfer
-        self.loop.add_reader(transfer.fd, self._on_readable, transfer)
         self.log.debug("tftp: %s:%d: %s %s (%d bytes) options %s", addr[0], addr[1], resolved.kind,
                        resolved.name, resolved.size, negotiated.oack or "none")
-        self._send(transfer, session.start(now))
-        if self._ticker is None:
-            self._ticker = self.loop.call_later(TICK, self._tick)
+        thread = threading.Thread(target=transfer.pump, args=(self._pump_done,), daemon=True,
+                                  name=f"tftp {addr[0]}:{addr[1]}")
+        thread.start()
 
-    # ------------------------------------------------------------------ transfers
-
-    def _on_readable(self, transfer: _Transfer) -> None:
-        try:
-            data = transfer.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError as exc:  # ICMP port unreachable: the client went away
-            self._finish(transfer, f"client unreachable ({errno.errorcode.get(exc.errno, exc.errno)})")
-            return
-        session = transfer.session
-        out = session.receive(data, time.monotonic())
-        if out:
-            self._send(transfer, out)
-        if session.done:
-            self._finish(transfer, session.outcome)
-
-    def _send(self, transfer: _Transfer, packets: list[bytes]) -> None:
-        if transfer.pending:  # keep order behind what is already waiting
-            transfer.pending.extend(packets)
-            return
-        send = transfer.sock.send
-        for i, packet in enumerate(packets):
-            try:
-                send(packet)
-            except BlockingIOError:
-                transfer.pending = packets[i:]
-                assert self.loop is not None
-                self.loop.add_writer(transfer.fd, self._on_writable, transfer)
-                return
-            except OSError:
-                return  # e.g. ECONNREFUSED from an earlier datagram; the receive side finishes
-
-    def _on_writable(self, transfer: _Transfer) -> None:
-        pending, transfer.pending = transfer.pending, []
-        assert self.loop is not None
-        self.loop.remove_writer(transfer.fd)
-        self._send(transfer, pending)
-
-    def _tick(self) -> None:
-        self._ticker = None
-        now = time.monotonic()
-        for transfer in list(self.transfers.values()):
-            session = transfer.session
-            if now >= session.deadline:
-                out = session.poll(now)
-                if out:
-                    transfer.pending = []  # a retransmission supersedes what was queued
-                    self._send(transfer, out)
-                if session.done:
-                    self._finish(transfer, session.outcome)
-        if self.transfers and self.loop is not None:
-            self._ticker = self.loop.call_later(TICK, self._tick)
+    def _pump_done(self, transfer: _Transfer, outcome: str) -> None:
+        """Called from the pump thread: hand the end of the transfer to the loop."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finish, transfer, outcome)
 
     def _finish(self, transfer: _Transfer, outcome: str) -> None:
         if self.transfers.get(transfer.client) is transfer:
             del self.transfers[transfer.client]
-        if self.loop is not None:
-            self.loop.remove_reader(transfer.fd)
-            if transfer.pending:
-                self.loop.remove_writer(transfer.fd)
-        transfer.sock.close()
-        transfer.resolved.close()
         elapsed = time.monotonic() - transfer.started
         host, port = transfer.client
         if outcome == "complete":
