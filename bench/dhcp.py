@@ -211,7 +211,13 @@ class Ours(Server):
             command += ["-m", "cProfile", "-o", str(self.workdir / "serve.prof")]
         command += ["-m", "sidus_appliance.cli", "--log-level", self.args.log_level, "serve", "--config", str(config)]
         self.process = NsProcess(self.lab.server_ns, command, self.workdir / "serve.log")
-        self.process.wait_ready(lambda: "ready: serving" in self.process.log(), timeout=60)
+        # "ready: serving" is an INFO line; at WARNING the bound port 67 is the sign.
+        self.process.wait_ready(
+            lambda: "ready: serving" in self.process.log() or (
+                self.args.log_level == "WARNING" and udp_listening(self.lab.server_ns, 67)
+            ),
+            timeout=60,
+        )
         self.spy: subprocess.Popen[bytes] | None = None
         if self.args.profile == "py-spy":
             # Samples the running server (same PID namespace) until it exits; idle time excluded.
