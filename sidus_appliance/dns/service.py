@@ -1,8 +1,8 @@
 """asyncio transport for the DNS core: UDP and TCP listeners, forwarding, zone rebuilds.
 
 The core (`server.py`) decides; this module only moves bytes, keeps time, and rebuilds the
-zone when a bound lease changes (coalesced over REBUILD_DELAY, so a boot storm costs a few
-rebuilds, not one per ACK; names still appear well within a second of the ACK).
+zone when a bound lease changes: at once after a quiet spell, at most once per REBUILD_DELAY
+during a boot storm, so names appear well within a second of the ACK.
 """
 
 from __future__ import annotations
@@ -28,14 +28,28 @@ MAX_TCP_CLIENTS = 128
 MAX_FORWARDS = 1024  # in-flight upstream queries; beyond that clients get SERVFAIL at once
 
 
+def listen_addresses(config: Config) -> list[str]:
+    listen = config.dns.listen or (config.server_ip, "127.0.0.1")
+    return list(dict.fromkeys(str(a) for a in listen))
+
+
+def upstreams_of(config: Config) -> tuple[list[tuple[str, int]], list[str]]:
+    """Usable upstreams, and the configured ones dropped because they are ourselves (a loop)."""
+    ours = {(a, config.dns.port) for a in listen_addresses(config)}
+    usable, dropped = [], []
+    for text in config.dns.upstream:
+        host, _, port = text.partition(":")
+        upstream = (host, int(port or 53))
+        if upstream in ours or (upstream[1] == config.dns.port and host.startswith("127.") and "0.0.0.0" in ours):
+            dropped.append(text)
+        else:
+            usable.append(upstream)
+    return usable, dropped
+
+
 def policy_of(config: Config) -> Policy:
     dns = config.dns
-    return Policy(bool(dns.upstream), dns.recursion_allowed, dns.transfer_allowed)
-
-
-def parse_upstream(text: str) -> tuple[str, int]:
-    host, _, port = text.partition(":")
-    return host, int(port or 53)
+    return Policy(bool(upstreams_of(config)[0]), dns.recursion_allowed, dns.transfer_allowed)
 
 
 def next_serial(previous: int, now: float) -> int:
@@ -136,19 +150,21 @@ class DnsService:
         self._rebuild_handle: asyncio.TimerHandle | None = None
         self._expiry_handle: asyncio.TimerHandle | None = None
         self._warm_handle: asyncio.TimerHandle | None = None
+        self._last_rebuild = float("-inf")
         self._tcp_clients = 0
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     def addresses(self) -> list[str]:
-        listen = self.config.dns.listen or (self.config.server_ip, "127.0.0.1")
-        return list(dict.fromkeys(str(a) for a in listen))
+        return listen_addresses(self.config)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for problem in self.zone.problems:
             self.log.warning("dns: %s", problem)
+        for upstream in upstreams_of(self.config)[1]:
+            self.log.warning("dns: upstream %s is this server itself (a forwarding loop); ignored", upstream)
         port = self.config.dns.port
         try:
             for address in self.addresses():
@@ -220,16 +236,27 @@ class DnsService:
         if self._closed or self._loop is None:
             return
         if (old is not None and old.state == "bound") or (new is not None and new.state == "bound"):
-            self._loop.call_soon_threadsafe(self._schedule_rebuild)
+            try:
+                here = asyncio.get_running_loop() is self._loop
+            except RuntimeError:
+                here = False
+            if here:  # the usual case: DHCP commits on our loop; no extra hop
+                self._schedule_rebuild()
+            else:
+                self._loop.call_soon_threadsafe(self._schedule_rebuild)
 
     def _schedule_rebuild(self) -> None:
+        """Rebuild at once after a quiet spell, else at most once per REBUILD_DELAY (a storm)."""
         if self._rebuild_handle is None and self._loop is not None and not self._closed:
-            self._rebuild_handle = self._loop.call_later(REBUILD_DELAY, self._rebuild)
+            delay = max(0.0, self._last_rebuild + REBUILD_DELAY - self._loop.time())
+            self._rebuild_handle = self._loop.call_later(delay, self._rebuild)
 
     def _rebuild(self, reason: str = "leases", force: bool = False) -> None:
         self._rebuild_handle = None
         if self._closed:
             return
+        if self._loop is not None:
+            self._last_rebuild = self._loop.time()
         bound = self._bound()
         self._arm_expiry(bound)
         content, problems = zone_content(self.config, bound)
@@ -266,7 +293,7 @@ class DnsService:
         task.add_done_callback(self._tasks.discard)
 
     async def _forward(self, action: Forward, reply: Callable[[bytes], None]) -> None:
-        upstreams = [parse_upstream(u) for u in self.config.dns.upstream]
+        upstreams = upstreams_of(self.config)[0]
         timeout = self.config.dns.forward_timeout / max(1, len(upstreams))
         for host, port in upstreams:  # in order; each gets an equal share of the timeout
             upstream_id = secrets.token_bytes(2)
