@@ -21,7 +21,7 @@ from ..dhcp.leases import Lease, LeaseStore
 from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
 from .zone import Zone, zone_content
 
-REBUILD_DELAY = 0.1  # seconds to coalesce lease changes before rebuilding the zone
+REBUILD_DELAY = 0.1  # least spacing between zone rebuilds (a boot storm coalesces into few)
 WARM_DELAY = 1.0  # precompute answers once the zone has been stable this long (not mid-storm)
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent (RFC 7766 suggests "seconds")
 MAX_TCP_CLIENTS = 128
