@@ -109,9 +109,16 @@ def test_seed_host_checks_verbatim(dns_lab: DnsLab) -> None:
 
 
 def test_seed_checks_on_the_appliance_itself_via_loopback(dns_lab: DnsLab) -> None:
-    command = dns_lab.lab.server_argv(["host", "filer.sidus.zone", "127.0.0.1"])
-    out = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+    """The seed's own commands, run on the server: `host ... localhost` and `host ... 127.0.0.1`."""
+
+    def on_server(*command: str) -> str:
+        return subprocess.run(dns_lab.lab.server_argv(command), capture_output=True, text=True, timeout=30).stdout
+
+    out = on_server("host", "filer.sidus.zone", "localhost")
+    assert "filer.sidus.zone is an alias for gateway.sidus.zone." in out
     assert "gateway.sidus.zone has address 10.20.17.254" in out
+    out = on_server("host", "10.20.17.254", "127.0.0.1")
+    assert "254.17.20.10.in-addr.arpa domain name pointer gateway.sidus.zone." in out
 
 
 def test_ptr_for_pool_address_and_master(dns_lab: DnsLab) -> None:
