@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from storm_dnsmasq import dnsmasq_argv, materialise_tree, stage_loaders
+from storm_dnsmasq import dnsmasq_argv, materialise_tree
 from storm_netns import Netns, namespaces
 
-from sidus_appliance import testkernel
+from sidus_appliance import bootfiles, testkernel
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import write_lab_config
 from sidus_appliance.tftp.menus import render_menu
@@ -73,8 +73,10 @@ class Tree:
                 f.write(os.urandom(1 << 20))
         self.ours_dir = work / "ours"
         self.config_path = write_lab_config(self.ours_dir, testkernel.instance_overrides(self.instance_root, INSTANCE))
-        stage_loaders(self.ours_dir / "tftp")
         config = load_config(self.config_path)
+        staged = bootfiles.install(config)  # the loaders exactly as production stages them
+        if staged.missing:
+            raise RuntimeError(str(staged))
         self.dnsmasq_root = work / "dnsmasq-tftp"
         kname, iname = f"vmlinuz-{self.version}@{INSTANCE}", f"initrd.img-{self.version}@{INSTANCE}"
         # The seed's layout: one default file plus the master's 01-<mac>; every other lookup misses.
@@ -82,7 +84,7 @@ class Tree:
             "default": render_menu(config, None),
             "01-" + MASTER_MAC.replace(":", "-"): render_menu(config, MASTER_MAC),
         }
-        materialise_tree(self.dnsmasq_root, {kname: self.vmlinuz, iname: self.initrd}, menus)
+        materialise_tree(self.dnsmasq_root, {kname: self.vmlinuz, iname: self.initrd}, menus, config.tftp.root)
 
 
 # ---------------------------------------------------------------- one run
@@ -153,7 +155,7 @@ def start_server(
 
 def run_storm(which: str, n: int, tree: Tree, work: Path, deadline: float, dnsmasq_ping: bool) -> dict[str, Any]:
     run_dir = work / f"{which}-{n}"
-    run_dir.mkdir()
+    run_dir.mkdir(parents=True)
     with namespaces("srv", "cli", prefix=f"storm-{which[:3]}{n}-") as (srv, cli):
         clients = wire(srv, cli, client_macs(n))
         proc = start_server(which, srv, run_dir, tree.config_path, tree.dnsmasq_root, dnsmasq_ping)
@@ -207,25 +209,30 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def report(n: int, s: dict[str, dict[str, Any]]) -> None:
+def report(n: int, runs: dict[str, list[dict[str, Any]]]) -> None:
     print(f"\n=== N = {n} clients (start together) ===")
-    head = f"{'server':<8} {'last done':>9} {'ok':>4} {'fail':>4} {'p50':>7} {'p95':>7} {'GiB':>5} {'rexmit':>6} "
-    head += f"{'srv cpu':>7} {'cli cpu':>7}  " + "  ".join(f"{p + ' p50/p95':>17}" for p in PHASES)
+    head = f"{'server':<10} {'last done':>9} {'ok':>4} {'fail':>4} {'p50':>7} {'p95':>7} {'GiB':>5} {'rexmit':>6} "
+    head += f"{'srv cpu':>7} {'cli cpu':>7} {'load':>5}  " + "  ".join(f"{p + ' p50/p95':>17}" for p in PHASES)
     print(head)
-    for which, r in s.items():
-        srv_cpu = f"{r['server_cpu']:.1f}" if r["server_cpu"] is not None else "-"
-        row = f"{which:<8} {r['wall']:>8.1f}s {r['ok']:>4} {r['failed']:>4} {r['p50']:>6.1f}s {r['p95']:>6.1f}s "
-        row += f"{r['gib']:>5.2f} {r['retransmits']:>6} {srv_cpu:>7} {r['client_cpu']:>7.1f}  "
-        row += "  ".join(f"{a:>8.2f}/{b:<8.2f}" for a, b in r["phases"].values())
-        print(row)
-        for e in r["errors"]:
-            print(f"         failure: {e}")
-    if "ours" in s and "dnsmasq" in s:
-        o, d = s["ours"], s["dnsmasq"]
-        print(
-            f"ratio ours/dnsmasq: last done {o['wall'] / d['wall']:.2f}, p50 {o['p50'] / d['p50']:.2f}, "
-            f"p95 {o['p95'] / d['p95']:.2f}  (< 1: ours faster)"
-        )
+    for which, rs in runs.items():
+        for k, r in enumerate(rs, 1):
+            srv_cpu = f"{r['server_cpu']:.1f}" if r["server_cpu"] is not None else "-"
+            label = f"{which} #{k}" if len(rs) > 1 else which
+            row = f"{label:<10} {r['wall']:>8.1f}s {r['ok']:>4} {r['failed']:>4} {r['p50']:>6.1f}s {r['p95']:>6.1f}s "
+            row += f"{r['gib']:>5.2f} {r['retransmits']:>6} {srv_cpu:>7} {r['client_cpu']:>7.1f} {r['load']:>5.1f}  "
+            row += "  ".join(f"{a:>8.2f}/{b:<8.2f}" for a, b in r["phases"].values())
+            print(row)
+            for e in r["errors"]:
+                print(f"           failure: {e}")
+    if "ours" in runs and "dnsmasq" in runs:
+
+        def med(which: str, key: str) -> float:
+            return pct([r[key] for r in runs[which]], 50)
+
+        ratios = ", ".join(f"{label} {med('ours', key) / med('dnsmasq', key):.2f}"
+                           for label, key in (("last done", "wall"), ("p50", "p50"), ("p95", "p95")))  # fmt: skip
+        many = " (medians of the runs)" if len(runs["ours"]) > 1 else ""
+        print(f"ratio ours/dnsmasq{many}: {ratios}  (< 1: ours faster)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 50, 200])
     ap.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     ap.add_argument("--initrd-mib", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per server and N, order alternating")
     ap.add_argument("--deadline", type=float, default=900.0, help="seconds before unfinished clients count as failed")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, per-client JSON)")
     ap.add_argument(
@@ -249,11 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tree = Tree(work, args.initrd_mib)
         for n in args.clients:
-            summaries: dict[str, dict[str, Any]] = {}
-            for which in args.servers:
-                print(f"--> {which}, {n} clients ...", flush=True)
-                summaries[which] = summarise(run_storm(which, n, tree, work, args.deadline, args.dnsmasq_ping))
-            report(n, summaries)
+            runs: dict[str, list[dict[str, Any]]] = {which: [] for which in args.servers}
+            for k in range(args.repeat):
+                # Alternate the order: on a shared box, load drifts; neither server always goes first.
+                for which in args.servers if k % 2 == 0 else reversed(args.servers):
+                    print(f"--> {which}, {n} clients (run {k + 1}/{args.repeat}) ...", flush=True)
+                    load = os.getloadavg()[0]
+                    summary = summarise(run_storm(which, n, tree, work / f"r{k}", args.deadline, args.dnsmasq_ping))
+                    summary["load"] = load
+                    runs[which].append(summary)
+            report(n, runs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

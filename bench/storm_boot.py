@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 from storm import INSTANCE, MASTER_MAC, SERVER, start_server
-from storm_dnsmasq import materialise_tree, stage_loaders
+from storm_dnsmasq import materialise_tree
 from storm_netns import namespaces
 
-from sidus_appliance import qemu, testkernel
+from sidus_appliance import bootfiles, qemu, testkernel
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import write_lab_config
 from sidus_appliance.tftp.menus import render_menu
@@ -33,15 +33,17 @@ def prepare(work: Path) -> tuple[testkernel.TestKernel, Path, Path]:
     instance_root = work / "nfsroot" / INSTANCE
     published = testkernel.publish(instance_root, kernel)
     config_path = write_lab_config(work / "ours", testkernel.instance_overrides(instance_root, INSTANCE))
-    stage_loaders(work / "ours" / "tftp")
     config = load_config(config_path)
+    staged = bootfiles.install(config)  # the loaders exactly as production stages them
+    if staged.missing:
+        raise RuntimeError(str(staged))
     kname, iname = published.tftp_names(INSTANCE)
     menus = {
         "default": render_menu(config, None),
         "01-" + MASTER_MAC.replace(":", "-"): render_menu(config, MASTER_MAC),
     }
     dnsmasq_root = work / "dnsmasq-tftp"
-    materialise_tree(dnsmasq_root, {kname: published.vmlinuz, iname: published.initrd}, menus)
+    materialise_tree(dnsmasq_root, {kname: published.vmlinuz, iname: published.initrd}, menus, config.tftp.root)
     return kernel, config_path, dnsmasq_root
 
 

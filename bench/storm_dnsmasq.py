@@ -45,10 +45,23 @@ def simple_menu(kernel: str, initrd: str, append: str) -> str:
     return f"DEFAULT lab\nPROMPT 0\nTIMEOUT 0\nLABEL lab\n  KERNEL {kernel}\n  APPEND initrd={initrd} {append}\n"
 
 
-def materialise_tree(root: Path, files: Mapping[str, Path], menus: Mapping[str, str]) -> None:
-    """Loaders + `files` (TFTP name -> source) + `menus` (pxelinux.cfg name -> text), each also
-    under efi64/ because syslinux.efi resolves every relative name against its own directory."""
-    stage_loaders(root)
+def mirror(src_root: Path, root: Path) -> None:
+    """Every file under src_root (e.g. our staged tftp.root) at the same path under root."""
+    for src in src_root.rglob("*"):
+        if src.is_file() and not src.name.startswith("."):
+            _place(src, root / src.relative_to(src_root))
+
+
+def materialise_tree(
+    root: Path, files: Mapping[str, Path], menus: Mapping[str, str], loaders_from: Path | None = None
+) -> None:
+    """Loaders (mirrored from loaders_from, our staged tftp.root, else from the packages) +
+    `files` (TFTP name -> source) + `menus` (pxelinux.cfg name -> text), each also under efi64/
+    because syslinux.efi resolves every relative name against its own directory."""
+    if loaders_from is not None:
+        mirror(loaders_from, root)
+    else:
+        stage_loaders(root)
     for name, src in files.items():
         _place(src, root / name)
         _place(src, root / "efi64" / name)

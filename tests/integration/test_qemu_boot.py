@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sidus_appliance import qemu, testkernel
-from sidus_appliance.lab import ApplianceProcess, Lab
+from sidus_appliance import bootfiles, qemu, testkernel
+from sidus_appliance.config import load_config
+from sidus_appliance.lab import ApplianceProcess, Lab, write_lab_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.qemu]
 
@@ -24,18 +25,6 @@ MASTER_MAC = "08:00:aa:bb:cc:dd"
 MASTER_IP = "10.20.17.253"
 INSTANCE = "lab"
 BOOT_TIMEOUT = 240.0  # TCG on a loaded 2-core CI box; a healthy boot takes 20-45 s
-
-# Boot loaders from the Debian packages (pxelinux, syslinux-common, syslinux-efi); menu.c32
-# and its libraries because the generated menus use `UI menu.c32`.
-LOADERS = {
-    "pxelinux.0": "/usr/lib/PXELINUX/pxelinux.0",
-    "efi64/syslinux.efi": "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi",
-    **{m: f"/usr/lib/syslinux/modules/bios/{m}" for m in ("ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32")},
-    **{
-        f"efi64/{m}": f"/usr/lib/syslinux/modules/efi64/{m}"
-        for m in ("ldlinux.e64", "menu.c32", "libutil.c32", "libcom32.c32")
-    },
-}
 
 CASES = [
     # (firmware, MAC, expected boot file, master menu?)
@@ -46,7 +35,7 @@ CASES = [
 
 
 def _missing_tools() -> list[str]:
-    needed = [qemu.QEMU, "dpkg-deb", "apt-get", "dig", str(testkernel.BUSYBOX), *LOADERS.values()]
+    needed = [qemu.QEMU, "dpkg-deb", "apt-get", "dig", str(testkernel.BUSYBOX)]
     needed += ["/usr/lib/ipxe/qemu/pxe-e1000.rom", "/usr/lib/ipxe/qemu/efi-e1000.rom", "/usr/share/OVMF"]
     return [t for t in needed if not (Path(t).exists() if t.startswith("/") else shutil.which(t))]
 
@@ -58,13 +47,6 @@ def test_kernel() -> testkernel.TestKernel:
     if missing:
         pytest.fail(f"missing for the QEMU boots (see README: make deps): {', '.join(missing)}")
     return testkernel.build()
-
-
-def stage_loaders(tftp_root: Path) -> None:
-    for name, src in LOADERS.items():
-        dst = tftp_root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
 
 
 def dig(lab: Lab, name: str, rtype: str = "A") -> list[str]:
@@ -89,8 +71,10 @@ def test_pxe_boot_to_marker(
     workdir = tmp_path / "appliance"
     instance_root = tmp_path / "nfsroot" / INSTANCE
     testkernel.publish(instance_root, test_kernel)
-    stage_loaders(workdir / "tftp")
-    appliance = start_appliance(testkernel.instance_overrides(instance_root, INSTANCE), workdir=workdir)
+    overrides = testkernel.instance_overrides(instance_root, INSTANCE)
+    staged = bootfiles.install(load_config(write_lab_config(workdir, overrides)))  # as `bootfiles install` does
+    assert not staged.missing, str(staged)
+    appliance = start_appliance(overrides, workdir=workdir)
     tap = lab.add_tap()
 
     result = qemu.boot(firmware, mac, tap, tmp_path / "qemu", lab.server_ns, timeout=BOOT_TIMEOUT,
