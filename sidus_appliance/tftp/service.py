@@ -19,6 +19,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import socket
 import struct
 import threading
@@ -33,6 +35,11 @@ from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
+# The first transfers each get a thread in blocking recv/send: the lowest latency per block,
+# which is what lock-step TFTP is bound by. Beyond that, one epoll thread moves them all: 20
+# threads contending for the GIL cost more than they save (bench/tftp.py, 20 clients).
+DEDICATED_THREADS = 2
+TICK = 0.05  # seconds between retransmission checks of the pump thread
 RECHECK = 0.02  # seconds: a same-client RRQ waits this long for the old transfer to end
 THREAD_STACK = 256 << 10
 
@@ -62,7 +69,7 @@ def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 class _Transfer:
-    __slots__ = ("cancelled", "client", "request", "resolved", "session", "sock", "started")
+    __slots__ = ("cancelled", "client", "request", "resolved", "session", "sock", "started", "threaded")
 
     def __init__(self, sock: socket.socket, client: tuple[str, int], request: bytes,
                  resolved: Resolved, session: protocol.Session, started: float) -> None:
@@ -73,6 +80,7 @@ class _Transfer:
         self.session = session
         self.started = started
         self.cancelled = False
+        self.threaded = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -111,6 +119,79 @@ class _Transfer:
             done(self, outcome or session.outcome)
 
 
+class _Pump(threading.Thread):
+    """One thread moving the datagrams of every transfer, over its own epoll set."""
+
+    def __init__(self, done: Any) -> None:
+        super().__init__(name="tftp pump", daemon=True)
+        self.done = done
+        self.epoll = select.epoll()
+        self.table: dict[int, _Transfer] = {}
+        self.running = True
+
+    def add(self, transfer: _Transfer) -> None:
+        """From the loop thread, after the session's first datagrams went out."""
+        fd = transfer.sock.fileno()
+        self.table[fd] = transfer
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _end(self, fd: int, transfer: _Transfer, outcome: str) -> None:
+        if self.table.pop(fd, None) is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(fd)
+        transfer.sock.close()
+        transfer.resolved.close()
+        self.done(transfer, outcome)
+
+    def run(self) -> None:
+        table, poll, now = self.table, self.epoll.poll, time.monotonic
+        next_check = 0.0
+        while self.running:
+            events = poll(TICK if table else 1.0)
+            t = now()
+            for fd, _ in events:
+                transfer = table.get(fd)
+                if transfer is None:
+                    continue
+                try:
+                    data = transfer.sock.recv(65536, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:  # ICMP port unreachable: the client went away
+                    self._end(fd, transfer, "client unreachable")
+                    continue
+                if not data and transfer.cancelled:
+                    self._end(fd, transfer, "cancelled")
+                    continue
+                session = transfer.session
+                self._send(fd, transfer, session.receive(data, t))
+                if session.done:
+                    self._end(fd, transfer, session.outcome)
+            if t >= next_check:
+                next_check = t + TICK
+                for fd, transfer in list(table.items()):
+                    session = transfer.session
+                    if t >= session.deadline:
+                        self._send(fd, transfer, session.poll(t))
+                        if session.done:
+                            self._end(fd, transfer, session.outcome)
+        for fd, transfer in list(self.table.items()):
+            self._end(fd, transfer, "server shutting down")
+        self.epoll.close()
+
+    def _send(self, fd: int, transfer: _Transfer, packets: list[bytes]) -> None:
+        send = transfer.sock.send
+        try:
+            for packet in packets:
+                send(packet)  # blocking socket: a full send buffer waits, it does not drop
+        except OSError:
+            pass  # e.g. ECONNREFUSED; the receive side ends the transfer
+
+
 class _Listener(asyncio.DatagramProtocol):
     def __init__(self, service: TftpService) -> None:
         self.service = service
@@ -131,6 +212,9 @@ class TftpService:
         self.error_sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.completed = 0
+        self.pump: _Pump | None = None
+        self.threaded = 0  # transfers running on a dedicated thread now
+        self.max_threaded = int(os.environ.get("SIDUS_TFTP_THREADS", DEDICATED_THREADS))
         self.reload(config)
 
     # ------------------------------------------------------------------ lifecycle
@@ -153,6 +237,8 @@ class TftpService:
         self.error_sock.setblocking(False)
         self.error_sock.bind((self.bind_ip, 0))
         threading.stack_size(THREAD_STACK)  # pumps need little; hundreds of transfers stay cheap
+        self.pump = _Pump(self._pump_done)
+        self.pump.start()
         self.log.info(
             "tftp: serving %s on %s:%d (blksize <= %d, windowsize <= %d)", self.tree.root, self.bind_ip,
             self.config.tftp.port, self.limits.max_blksize, self.limits.max_windowsize,
@@ -165,6 +251,9 @@ class TftpService:
         for transfer in list(self.transfers.values()):
             transfer.cancel()
             self._finish(transfer, "server shutting down")
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
         if self.error_sock is not None:
             self.error_sock.close()
             self.error_sock = None
@@ -236,6 +325,14 @@ class TftpService:
         self.transfers[addr] = transfer
         self.log.debug("tftp: %s:%d: %s %s (%d bytes) options %s", addr[0], addr[1], resolved.kind,
                        resolved.name, resolved.size, negotiated.oack or "none")
+        if self.pump is not None and self.threaded >= self.max_threaded:
+            for packet in session.start(transfer.started):
+                with contextlib.suppress(OSError):
+                    sock.send(packet)
+            self.pump.add(transfer)
+            return
+        self.threaded += 1
+        transfer.threaded = True
         thread = threading.Thread(target=transfer.pump, args=(self._pump_done,), daemon=True,
                                   name=f"tftp {addr[0]}:{addr[1]}")
         thread.start()
@@ -248,6 +345,9 @@ class TftpService:
                 loop.call_soon_threadsafe(self._finish, transfer, outcome)
 
     def _finish(self, transfer: _Transfer, outcome: str) -> None:
+        if transfer.threaded:
+            transfer.threaded = False
+            self.threaded -= 1
         if self.transfers.get(transfer.client) is transfer:
             del self.transfers[transfer.client]
         elapsed = time.monotonic() - transfer.started
