@@ -38,6 +38,9 @@ demo: deps
 bench: deps
 	$(APT) $(APT_BENCH)
 	$(PY) bench/dhcp.py
+	$(PY) bench/dns.py --rounds 3
+	$(PY) bench/tftp.py
+	$(PY) bench/storm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
