@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,17 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[int, Path, TftpService]]:
+@pytest.fixture(params=[2, 0], ids=["threads", "epoll"])
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, TftpService]]:
     root = tmp_path / "tftp"
     root.mkdir()
     port = free_port()
     config = parse_config(yaml.safe_dump({
         "interface": "lo", "address": "127.0.0.1/8", "domain": "test.zone",
-        "tftp": {"root": str(root), "port": port, "timeout": 0.2, "retries": 2, "max_transfers": 3},
+        "tftp": {"root": str(root), "port": port, "timeout": 0.2, "retries": 2, "max_transfers": 300},
     }))
     loop = asyncio.new_event_loop()
     service = TftpService(config, None, logging.getLogger("test.tftp"))
+    service.max_threaded = request.param  # 0: every transfer on the shared epoll pump
     loop.run_until_complete(service.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -135,6 +137,7 @@ def test_repeated_rrq_does_not_start_a_second_stream(server):
 
 def test_transfer_cap_and_idle_timeout(server):
     port, root, service = server
+    service.config = replace(service.config, tftp=replace(service.config.tftp, max_transfers=3))
     (root / "f").write_bytes(b"f" * 5000)
     idle = [client() for _ in range(3)]
     for s in idle:  # three clients that never ACK
@@ -151,3 +154,41 @@ def test_transfer_cap_and_idle_timeout(server):
         deadline -= 0.1
     assert not service.transfers
     assert fetch(port, "f") == b"f" * 5000
+
+
+def test_hundreds_of_concurrent_transfers(server):
+    port, root, service = server
+    content = bytes(range(256)) * 6  # 3 blocks + an empty one at blksize 512
+    (root / "f").write_bytes(content)
+    clients = [client() for _ in range(250)]
+    for s in clients:
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+    got = {id(s): bytearray() for s in clients}
+    for block in range(1, 5):  # every client holds its transfer open while the others start
+        for s in clients:
+            data, addr = s.recvfrom(1000)
+            assert struct.unpack("!HH", data[:4]) == (p.DATA, block)
+            got[id(s)] += data[4:]
+            s.sendto(struct.pack("!HH", p.ACK, block), addr)
+    assert all(bytes(v) == content for v in got.values())
+    for s in clients:
+        s.close()
+    for _ in range(50):
+        if not service.transfers:
+            break
+        threading.Event().wait(0.05)
+    assert not service.transfers and service.completed >= 250
+
+
+def test_packets_decode_with_tftpy():
+    """tftpy's codec, an independent implementation, reads what we write."""
+    from tftpy.TftpPacketFactory import TftpPacketFactory
+
+    factory = TftpPacketFactory()
+    oack = factory.parse(p.oack_packet({"blksize": "1468", "tsize": "42"}))
+    assert oack.options == {"blksize": "1468", "tsize": "42"}
+    err = factory.parse(p.error_packet(p.ERR_NOT_FOUND, "file not found"))
+    assert err.errorcode == p.ERR_NOT_FOUND
+    negotiated = p.negotiate({}, p.Limits(), 3)
+    data = factory.parse(p.Session(lambda o, n: b"abc"[o:o + n], 3, negotiated, p.Limits()).start(0.0)[0])
+    assert (data.blocknumber, data.data) == (1, b"abc")
