@@ -3,14 +3,17 @@
 The protocol lives in ``protocol.Session`` (sans-IO); this module only moves datagrams.
 
 Requests are handled on the asyncio loop (parse, tree lookup, errors, transfer cap, logs).
-Each accepted transfer then gets its own socket, *connected* to the client (the kernel drops
-strangers: RFC 1350's "unknown TID" for free), pumped by a small thread in blocking
-recv/send: lock-step TFTP is bound by the round-trip latency, and bench/tftp.py measured
-the same Session pumped from asyncio's loop (add_reader callbacks) at about half the
-throughput of this design, below tftpd-hpa; a thread blocked in ``recv`` releases the GIL, so
-the loop (DHCP, DNS) stays responsive. Retransmission deadlines use the socket's receive
-timeout (SO_RCVTIMEO: one syscall per datagram, no poll). File data is read with ``os.pread``
-(see tree.py for why not mmap).
+Each accepted transfer then gets its own socket (an ephemeral port, RFC 1350), *connected*
+to the client so the kernel drops strangers ("unknown TID" for free). Lock-step TFTP is
+bound by the round-trip time per block, and bench/tftp.py measured the Session pumped from
+asyncio's loop (add_reader callbacks) at about half of tftpd-hpa, so the datagrams move off
+the loop:
+- the first DEDICATED_THREADS transfers each get a thread in blocking recv/send (fewest
+  syscalls and wake-ups per block; retransmission deadlines via SO_RCVTIMEO);
+- the others share one thread on its own epoll set (many threads contending for the GIL cost
+  more than they save: bench, 20 clients).
+Threads blocked in a syscall release the GIL, so the loop (DHCP, DNS) stays responsive.
+File data is read with ``os.pread`` (see tree.py for why not mmap).
 """
 
 from __future__ import annotations
@@ -35,13 +38,9 @@ from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
-# The first transfers each get a thread in blocking recv/send: the lowest latency per block,
-# which is what lock-step TFTP is bound by. Beyond that, one epoll thread moves them all: 20
-# threads contending for the GIL cost more than they save (bench/tftp.py, 20 clients).
-DEDICATED_THREADS = 2
+DEDICATED_THREADS = 2  # see the module docstring; SIDUS_TFTP_THREADS overrides (bench experiments)
 TICK = 0.05  # seconds between retransmission checks of the pump thread
 RECHECK = 0.02  # seconds: a same-client RRQ waits this long for the old transfer to end
-THREAD_STACK = 256 << 10
 
 
 def interface_mtu(interface: str) -> int:
@@ -236,7 +235,6 @@ class TftpService:
         self.error_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.error_sock.setblocking(False)
         self.error_sock.bind((self.bind_ip, 0))
-        threading.stack_size(THREAD_STACK)  # pumps need little; hundreds of transfers stay cheap
         self.pump = _Pump(self._pump_done)
         self.pump.start()
         self.log.info(
