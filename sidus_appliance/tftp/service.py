@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -67,8 +68,45 @@ def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
+# UDP GSO (Linux >= 4.18): one sendmsg() hands the kernel a whole window of equal-sized DATA
+# packets and it cuts them into datagrams: one syscall per window instead of one per block.
+SOL_UDP = 17
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+GSO_MAX_BYTES = 65000  # one GSO send stays within a UDP datagram's 64 KiB
+GSO_MAX_SEGMENTS = 64
+
+
+def send_packets(transfer: _Transfer, packets: list[bytes]) -> None:
+    """Send in order; a window goes out as GSO batches when the socket and sizes allow."""
+    sock = transfer.sock
+    if len(packets) > 1 and transfer.gso:
+        size = len(packets[0])
+        per_send = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        # Every segment but the last of a send must be exactly `size`: true of DATA packets,
+        # whose only short one is the file's last block, at the end of its window.
+        if per_send > 1 and all(len(packet) == size for packet in packets[:-1]):
+            option = [(SOL_UDP, UDP_SEGMENT, struct.pack("@H", size))]
+            try:
+                for i in range(0, len(packets), per_send):
+                    batch = packets[i:i + per_send]
+                    if len(batch) == 1:
+                        sock.send(batch[0])
+                    else:
+                        sock.sendmsg([b"".join(batch)], option)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EMSGSIZE):
+                    raise
+                # No GSO here (old kernel, segment above the MTU): per-packet from now on. A
+                # batch that failed sent nothing, the window is resent whole below.
+                transfer.gso = False
+                packets = packets[i:]
+    for packet in packets:
+        sock.send(packet)
+
+
 class _Transfer:
-    __slots__ = ("cancelled", "client", "request", "resolved", "session", "sock", "started", "threaded")
+    __slots__ = ("cancelled", "client", "gso", "request", "resolved", "session", "sock", "started", "threaded")
 
     def __init__(self, sock: socket.socket, client: tuple[str, int], request: bytes,
                  resolved: Resolved, session: protocol.Session, started: float) -> None:
@@ -80,6 +118,7 @@ class _Transfer:
         self.started = started
         self.cancelled = False
         self.threaded = False
+        self.gso = True
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -93,21 +132,22 @@ class _Transfer:
         outcome = ""
         try:
             _set_receive_timeout(sock, session.interval)
-            for packet in session.start(now()):
-                send(packet)
+            send_packets(self, session.start(now()))
             while not session.done:
                 try:
                     data = recv(65536)
                 except BlockingIOError:  # SO_RCVTIMEO expired
-                    for packet in session.poll(now()):
-                        send(packet)
+                    send_packets(self, session.poll(now()))
                     _set_receive_timeout(sock, session.deadline - now())
                     continue
                 if not data or self.cancelled:
                     outcome = "cancelled"
                     break
-                for packet in session.receive(data, now()):
-                    send(packet)
+                out = session.receive(data, now())
+                if len(out) == 1:
+                    send(out[0])  # lock-step: the hot path, straight to the socket
+                elif out:
+                    send_packets(self, out)
         except ConnectionRefusedError:  # ICMP port unreachable: the client went away
             outcome = "client unreachable"
         except OSError as exc:
@@ -183,10 +223,12 @@ class _Pump(threading.Thread):
         self.epoll.close()
 
     def _send(self, fd: int, transfer: _Transfer, packets: list[bytes]) -> None:
-        send = transfer.sock.send
         try:
-            for packet in packets:
-                send(packet)  # blocking socket: a full send buffer waits, it does not drop
+            # Blocking socket: a full send buffer waits, it does not drop.
+            if len(packets) == 1:
+                transfer.sock.send(packets[0])
+            elif packets:
+                send_packets(transfer, packets)
         except OSError:
             pass  # e.g. ECONNREFUSED; the receive side ends the transfer
 
@@ -324,9 +366,8 @@ class TftpService:
         self.log.debug("tftp: %s:%d: %s %s (%d bytes) options %s", addr[0], addr[1], resolved.kind,
                        resolved.name, resolved.size, negotiated.oack or "none")
         if self.pump is not None and self.threaded >= self.max_threaded:
-            for packet in session.start(transfer.started):
-                with contextlib.suppress(OSError):
-                    sock.send(packet)
+            with contextlib.suppress(OSError):
+                send_packets(transfer, session.start(transfer.started))
             self.pump.add(transfer)
             return
         self.threaded += 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 import struct
 import threading
@@ -192,3 +194,45 @@ def test_packets_decode_with_tftpy():
     negotiated = p.negotiate({}, p.Limits(), 3)
     data = factory.parse(p.Session(lambda o, n: b"abc"[o:o + n], 3, negotiated, p.Limits()).start(0.0)[0])
     assert (data.blocknumber, data.data) == (1, b"abc")
+
+
+def fetch_windowed(port: int, name: str, blksize: int, windowsize: int) -> bytes:
+    """A RFC 7440 client: ACK each full window (and the last block)."""
+    s = client()
+    s.sendto(rrq(name, blksize=blksize, windowsize=windowsize), ("127.0.0.1", port))
+    data, addr = s.recvfrom(70000)
+    assert data[:2] == b"\x00\x06"
+    s.sendto(struct.pack("!HH", p.ACK, 0), addr)
+    out, expected = bytearray(), 1
+    while True:
+        data, _ = s.recvfrom(70000)
+        opcode, block = struct.unpack("!HH", data[:4])
+        assert (opcode, block) == (p.DATA, expected & 0xFFFF)
+        out += data[4:]
+        last = len(data) - 4 < blksize
+        if last or expected % windowsize == 0:
+            s.sendto(struct.pack("!HH", p.ACK, block), addr)
+        if last:
+            s.close()
+            return bytes(out)
+        expected += 1
+
+
+@pytest.mark.parametrize(("blksize", "windowsize"), [(512, 8), (1468, 16), (8192, 8), (1000, 64)])
+def test_windowsize_transfer_over_udp_gso(server, blksize, windowsize):
+    port, root, _ = server
+    content = os.urandom(blksize * 100 + 17)
+    (root / "w").write_bytes(content)
+    assert fetch_windowed(port, "w", blksize, windowsize) == content
+
+
+def test_windowsize_without_gso(server, monkeypatch):
+    port, root, _ = server
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EINVAL, "no GSO here")
+
+    monkeypatch.setattr(socket.socket, "sendmsg", refuse)
+    content = os.urandom(1468 * 40)
+    (root / "w").write_bytes(content)
+    assert fetch_windowed(port, "w", 1468, 8) == content
