@@ -198,3 +198,11 @@ def test_twenty_concurrent_clients(tftp_lab: TftpLab) -> None:
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         assert filecmp.cmp(dest, tftp_lab.root / "mib3", shallow=False)
+
+
+def test_netascii_menu(tftp_lab: TftpLab) -> None:
+    dest = tftp_lab.out / "menu.ascii"
+    result = tftp_lab.pc.run(["tftp", SERVER, "-m", "ascii", "-c", "get", "pxelinux.cfg/default", str(dest)],
+                             timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dest.read_text() == fetch_text(tftp_lab.pc, "pxelinux.cfg/default", tftp_lab.out)
