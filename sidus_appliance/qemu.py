@@ -172,20 +172,21 @@ def find_ipxe_rom(name: str) -> Path:
     raise QemuError(f"{name} not found in {', '.join(map(str, IPXE_ROM_DIRS))} (install ipxe-qemu)")
 
 
-def ovmf_args(workdir: Path) -> list[str]:
-    """OVMF as a read-only code flash + a private, writable copy of the variable store."""
+def ovmf_args(vars_copy: Path) -> list[str]:
+    """OVMF as a read-only code flash + a fresh, writable copy of the variable store.
+
+    Fresh per boot: OVMF saves the boot options it found, and a store inherited from a boot with
+    another NIC (e1000 + iPXE) made a later virtio boot try PXEv6 and HTTP boot, never PXEv4."""
     for code, vars_template in OVMF_PAIRS:
         if code.exists() and vars_template.exists():
-            vars_copy = workdir / "OVMF_VARS.fd"
-            if not vars_copy.exists():
-                shutil.copyfile(vars_template, vars_copy)
+            shutil.copyfile(vars_template, vars_copy)
             return [
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             ]  # fmt: skip
     for combined in OVMF_COMBINED:
         if combined.exists():
-            return ["-bios", str(combined)]
+            return ["-bios", str(combined)]  # variables are volatile with -bios: nothing carries over
     raise QemuError("OVMF not found (install ovmf)")
 
 
@@ -228,7 +229,7 @@ def build_command(
     if accel == "kvm":
         cmd += ["-cpu", "host"]
     if firmware != "bios":
-        cmd += ovmf_args(workdir)
+        cmd += ovmf_args(workdir / f"{serial_log.stem}.OVMF_VARS.fd")
     return cmd
 
 
