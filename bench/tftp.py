@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import os
 import pstats
+import re
 import shutil
 import subprocess
 import sys
@@ -256,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for process in processes:
                     process.stop()
+            for log_path in work_root.glob("ours-*/serve.log"):
+                resent = [int(m) for m in re.findall(r" (\d+) resent\)", log_path.read_text(errors="replace"))]
+                print(f"ours: {len(resent)} transfers completed, {sum(resent)} windows resent "
+                      f"(timeouts or partial ACKs)", file=sys.stderr)
             if args.profile:
                 for prof in work_root.glob("ours-*/serve.prof"):
                     pstats.Stats(str(prof)).sort_stats("tottime").print_stats(20)

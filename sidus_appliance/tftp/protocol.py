@@ -158,7 +158,7 @@ class Session:
 
     __slots__ = (
         "acked", "blksize", "deadline", "done", "interval", "last", "oack", "outcome",
-        "read", "retries", "retries_left", "sent", "size", "timeout", "windowsize",
+        "read", "resent", "retries", "retries_left", "sent", "size", "timeout", "windowsize",
     )
 
     def __init__(self, read: Reader, size: int, negotiated: Negotiated, limits: Limits) -> None:
@@ -179,6 +179,7 @@ class Session:
         self.retries_left = self.retries
         self.interval = self.timeout
         self.deadline = 0.0
+        self.resent = 0  # windows sent again (timeouts, partial ACKs): a lossy path shows here
 
     def start(self, now: float) -> list[bytes]:
         self._arm(now)
@@ -221,6 +222,8 @@ class Session:
             self._arm(now)
             # A full window acknowledged moves on; a partial one (RFC 7440: the client saw a
             # gap) restarts the window after the last block it has in order.
+            if self.acked < self.sent:
+                self.resent += 1
             return self._window(self.acked + 1)
         if opcode == ERROR:
             # EDK II asks for tsize, reads the OACK and sends ERROR 8, then asks again: normal.
@@ -242,6 +245,7 @@ class Session:
             self.outcome = "timed out"
             return [error_packet(ERR_UNDEFINED, "timed out")]
         self.retries_left -= 1
+        self.resent += 1
         self.interval *= 2
         self.deadline = now + self.interval
         if self.acked < 0:

@@ -393,8 +393,9 @@ class TftpService:
         host, port = transfer.client
         if outcome == "complete":
             self.completed += 1
-            self.log.info("tftp: %s:%d: sent %s (%d bytes, %.2f s)", host, port, transfer.resolved.name,
-                          transfer.resolved.size, elapsed)
+            self.log.info("tftp: %s:%d: sent %s (%d bytes, %.2f s, blksize %d, windowsize %d, %d resent)", host, port,
+                          transfer.resolved.name, transfer.resolved.size, elapsed, transfer.session.blksize,
+                          transfer.session.windowsize, transfer.session.resent)
         else:
             self.log.info("tftp: %s:%d: %s stopped after %.2f s: %s", host, port, transfer.resolved.name,
                           elapsed, outcome)

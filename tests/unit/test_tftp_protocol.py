@@ -264,3 +264,12 @@ def test_illegal_opcode_from_client_ends_with_error():
 
 def test_netascii_conversion():
     assert p.to_netascii(b"a\nb\rc\r\n") == b"a\r\nb\r\0c\r\0\r\n"
+
+
+def test_resent_counts_timeouts_and_partial_windows():
+    s = session(b"w" * 512 * 30, windowsize=4)
+    s.start(0.0)
+    s.receive(ack(0), 0.0)
+    s.receive(ack(2), 0.0)  # partial: blocks 3, 4 again
+    s.poll(10.0)  # timeout
+    assert s.resent == 2
