@@ -40,6 +40,7 @@ from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
 DEDICATED_THREADS = 2  # see the module docstring; SIDUS_TFTP_THREADS overrides (bench experiments)
+RECV_SIZE = 1024  # clients send ACKs (4 bytes) and ERRORs; a 64 KiB buffer per recv costs more
 TICK = 0.05  # seconds between retransmission checks of the pump thread
 RECHECK = 0.02  # seconds: a same-client RRQ waits this long for the old transfer to end
 
@@ -131,23 +132,30 @@ class _Transfer:
         send, recv, now = sock.send, sock.recv, time.monotonic
         outcome = ""
         try:
-            _set_receive_timeout(sock, session.interval)
+            waiting = session.interval  # the socket's receive timeout, kept equal to the deadline
+            _set_receive_timeout(sock, waiting)
             send_packets(self, session.start(now()))
             while not session.done:
                 try:
-                    data = recv(65536)
+                    data = recv(RECV_SIZE)
                 except BlockingIOError:  # SO_RCVTIMEO expired
                     send_packets(self, session.poll(now()))
-                    _set_receive_timeout(sock, session.deadline - now())
+                    waiting = session.deadline - now()
+                    _set_receive_timeout(sock, waiting)
                     continue
-                if not data or self.cancelled:
-                    outcome = "cancelled"
-                    break
+                if not data:
+                    if self.cancelled:
+                        outcome = "cancelled"
+                        break
+                    continue
                 out = session.receive(data, now())
                 if len(out) == 1:
                     send(out[0])  # lock-step: the hot path, straight to the socket
                 elif out:
                     send_packets(self, out)
+                if out and waiting != session.interval:  # progress after a timeout: back to normal
+                    waiting = session.interval
+                    _set_receive_timeout(sock, waiting)
         except ConnectionRefusedError:  # ICMP port unreachable: the client went away
             outcome = "client unreachable"
         except OSError as exc:
@@ -197,7 +205,7 @@ class _Pump(threading.Thread):
                 if transfer is None:
                     continue
                 try:
-                    data = transfer.sock.recv(65536, socket.MSG_DONTWAIT)
+                    data = transfer.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     continue
                 except OSError:  # ICMP port unreachable: the client went away

@@ -236,3 +236,24 @@ def test_windowsize_without_gso(server, monkeypatch):
     content = os.urandom(1468 * 40)
     (root / "w").write_bytes(content)
     assert fetch_windowed(port, "w", 1468, 8) == content
+
+
+def test_lost_ack_is_recovered_by_retransmission(server):
+    port, root, _ = server
+    (root / "f").write_bytes(b"a" * 512 + b"b" * 100)
+    s = client()
+    s.sendto(rrq("f"), ("127.0.0.1", port))
+    first, addr = s.recvfrom(1000)
+    again, _ = s.recvfrom(1000)  # our ACK "was lost": block 1 comes again after 0.2 s
+    assert first == again and first[:4] == b"\x00\x03\x00\x01"
+    s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+    data, _ = s.recvfrom(1000)
+    assert data == b"\x00\x03\x00\x02" + b"b" * 100
+    s.sendto(struct.pack("!HH", p.ACK, 1), addr)  # a duplicate ACK: no second copy of block 2 now
+    s.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        s.recvfrom(1000)
+    s.settimeout(3)
+    again, _ = s.recvfrom(1000)  # only the timer resends it
+    assert again == data
+    s.sendto(struct.pack("!HH", p.ACK, 2), addr)
