@@ -264,22 +264,28 @@ class TftpService:
         self.pump: _Pump | None = None
         self.threaded = 0  # transfers running on a dedicated thread now
         self.max_threaded = int(os.environ.get("SIDUS_TFTP_THREADS", DEDICATED_THREADS))
+        self.bind_ip, self.port = str(config.server_ip), config.tftp.port
         self.reload(config)
 
     # ------------------------------------------------------------------ lifecycle
 
     def reload(self, config: Config) -> None:
-        """New config: new tree and limits for new transfers; running ones finish as they were."""
+        """New config: new tree and limits for new transfers; running ones finish as they were.
+
+        The listening address and port stay those bound at start (a restart moves them)."""
+        if self.listener is not None and (str(config.server_ip), config.tftp.port) != (self.bind_ip, self.port):
+            self.log.warning("tftp: address/port change needs a restart; still serving on %s:%d",
+                             self.bind_ip, self.port)
         self.config = config
         self.tree = BootTree(config, self.leases)
         self.limits = limits_for(config)
-        self.bind_ip = str(config.server_ip)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.bind_ip, self.port = str(self.config.server_ip), self.config.tftp.port
         # Bound to the appliance address, so replies leave from the address clients talked to.
         self.listener, _ = await self.loop.create_datagram_endpoint(
-            lambda: _Listener(self), local_addr=(self.bind_ip, self.config.tftp.port), reuse_port=False
+            lambda: _Listener(self), local_addr=(self.bind_ip, self.port), reuse_port=False
         )
         # Errors go out from one spare ephemeral port, as from a new transfer ID (RFC 1350).
         self.error_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -289,7 +295,7 @@ class TftpService:
         self.pump.start()
         self.log.info(
             "tftp: serving %s on %s:%d (blksize <= %d, windowsize <= %d)", self.tree.root, self.bind_ip,
-            self.config.tftp.port, self.limits.max_blksize, self.limits.max_windowsize,
+            self.port, self.limits.max_blksize, self.limits.max_windowsize,
         )
 
     def close(self) -> None:

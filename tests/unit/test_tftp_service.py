@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidus_appliance.config import parse_config
+from sidus_appliance.config import Instance, parse_config
 from sidus_appliance.tftp import protocol as p
 from sidus_appliance.tftp.service import TftpService
 
@@ -257,3 +257,20 @@ def test_lost_ack_is_recovered_by_retransmission(server):
     again, _ = s.recvfrom(1000)  # only the timer resends it
     assert again == data
     s.sendto(struct.pack("!HH", p.ACK, 2), addr)
+
+
+def test_reload_changes_menus_not_the_socket(server, caplog):
+    port, root, service = server
+    assert b"No instance configured" in fetch(port, "pxelinux.cfg/default")
+    boot = root.parent / "nfsroot" / "lab" / "boot"
+    boot.mkdir(parents=True)
+    (boot / "vmlinuz-6.1.0-1-amd64").write_bytes(b"K")
+    (boot / "initrd.img-6.1.0-1-amd64").write_bytes(b"I")
+    service.reload(replace(service.config, instances=(Instance("lab", boot.parent),), kernel_args="quiet"))
+    menu = fetch(port, "pxelinux.cfg/default").decode()
+    assert "KERNEL vmlinuz-6.1.0-1-amd64@lab" in menu and menu.count(" quiet") == 1
+    assert fetch(port, "efi64/vmlinuz-6.1.0-1-amd64@lab") == b"K"
+    with caplog.at_level(logging.WARNING, logger="test.tftp"):
+        service.reload(replace(service.config, tftp=replace(service.config.tftp, port=port + 1)))
+    assert "needs a restart" in caplog.text
+    assert fetch(port, "pxelinux.cfg/default")  # still served where it was bound
