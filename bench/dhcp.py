@@ -1,24 +1,28 @@
 #!/usr/bin/env python3
 """DHCP benchmark: ISC perfdhcp against sidus-appliance, dnsmasq and Kea, in the same run.
 
-Each server runs alone in the server namespace of a lab made for this run (bridge `eth1`
-carrying 10.20.17.254/15, removed at the end whatever happens); perfdhcp runs in a client
-namespace plugged into that bridge, with 10.20.0.2/15. perfdhcp behaves as a relay agent
+Each server runs in the server namespace of its own lab, made for this run (bridge `eth1`
+carrying 10.20.17.254/12, removed at the end whatever happens); perfdhcp runs in a client
+namespace plugged into that bridge, with 10.16.0.2/12. perfdhcp behaves as a relay agent
 (giaddr = its own address, replies come back unicast to port 67), so all three servers see
-the very same traffic. Every server gets the same pool, 10.20.1.1-10.21.255.250 (131k
-addresses, more than the 100k simulated clients), persists its leases in a fresh file under a
-temporary directory, and logs one line per lease at its usual level, to a file.
+the very same traffic. Every server gets the same pool, 10.21.0.1-10.31.255.250 (720k
+addresses: each step brings new clients, and the pool must outlast them all), persists its
+leases in a fresh file under a temporary directory, and logs one line per lease at its usual
+level, to a file.
 
-For each server the offered rate climbs a ladder (250, 500, 1000, ... DORA/s, `--period`
-seconds each, the server kept running so that its lease file grows as it would in service)
-until the server saturates, then a couple of steps bisect between the last rate held and the
-first one missed. Figures: DORA exchanges completed per second (ACKs received / period) and
-the drop rate of whole exchanges (1 - ACKs / DISCOVERs sent); "held" is the best rate with
-under 1% dropped, "peak" the best rate at all.
+The offered rate climbs a ladder (250, 500, 1000, ... DORA/s, `--period` seconds each),
+interleaved between the servers so that the box's changing load hits them alike; each step
+brings a new block of up to 100k simulated clients (perfdhcp -R 100000, a new base MAC), the
+servers running on so that their lease files grow as they would in service. A missed step is
+run once more (the load comes and goes). Once a server saturates, a couple of steps bisect
+between the last rate it held and the first one it missed. Figures: DORA exchanges completed
+per second (ACKs received / period), the drop rate of whole exchanges (1 - ACKs / DISCOVERs
+sent), and the server's CPU per exchange; "held" is the best rate with under 1% dropped,
+"peak" the best rate at all.
 
     sudo .venv/bin/python bench/dhcp.py            # ~5 min, 10 s per step
     sudo .venv/bin/python bench/dhcp.py --quick    # ~2 min, 4 s per step
-    sudo .venv/bin/python bench/dhcp.py --servers ours --profile   # where our time goes
+    sudo .venv/bin/python bench/dhcp.py --servers ours --profile py-spy   # where our time goes
 """
 
 from __future__ import annotations
@@ -46,12 +50,13 @@ from bench._common import NsProcess, load, require_root, udp_listening
 from sidus_appliance.lab import Lab, write_lab_config
 
 INTERFACE = "eth1"
-SERVER_ADDRESS = "10.20.17.254/15"
+# A /12 so that the pool (720k addresses) outlasts every new client a whole run can bring.
+SERVER_ADDRESS = "10.20.17.254/12"
 SERVER_IP = "10.20.17.254"
-SUBNET = "10.20.0.0/15"
-NETMASK = "255.254.0.0"
-POOL = ("10.20.1.1", "10.21.255.250")
-CLIENT_ADDRESS = "10.20.0.2/15"  # perfdhcp's own address: the giaddr of every request
+SUBNET = "10.16.0.0/12"
+NETMASK = "255.240.0.0"
+POOL = ("10.21.0.1", "10.31.255.250")
+CLIENT_ADDRESS = "10.16.0.2/12"  # perfdhcp's own address (outside the pool): the giaddr of every request
 LADDER = (250, 500, 1000, 2000, 4000, 8000, 16000)
 HELD_DROPS = 0.01  # under 1% of exchanges dropped
 GIVE_UP_DROPS = 0.50  # past this, higher rates only measure the overload
@@ -68,6 +73,7 @@ class Step:
     orphans: int = 0
     avg_delay_ms: float = 0.0  # REQUEST-ACK
     perfdhcp_rc: int = 0
+    block: int = 0  # third octet of this step's client MACs
     server_cpu: float = 0.0  # CPU seconds (user+system, all threads) the server used during the step
     client_cpu: float = 0.0  # the same for perfdhcp
     load: float = 0.0  # 1-minute load average at the end of the step
@@ -134,10 +140,13 @@ def parse_perfdhcp(text: str, step: Step) -> Step:
     return step
 
 
-def run_perfdhcp(lab: Lab, rate: int, period: float, clients: int) -> Step:
+def run_perfdhcp(lab: Lab, rate: int, period: float, clients: int, block: int) -> Step:
+    """One step. perfdhcp counts its clients' MACs up from the base MAC (wrapping at -R), changing
+    the last three octets only; `block` (1-255) sets the third, so each step brings new clients."""
     client = lab.clients[0]
     command = [
-        "perfdhcp", "-4", "-l", "eth0", "-r", str(rate), "-R", str(clients), "-p", f"{period:g}", SERVER_IP,
+        "perfdhcp", "-4", "-l", "eth0", "-r", str(rate), "-R", str(clients), "-p", f"{period:g}",
+        "-b", f"mac=00:0c:{block:02x}:00:00:00", SERVER_IP,
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = client.run(command, timeout=period + 60)
@@ -145,7 +154,15 @@ def run_perfdhcp(lab: Lab, rate: int, period: float, clients: int) -> Step:
     if result.returncode not in (0, 3):  # 3: some exchanges failed, which is what we measure
         raise RuntimeError(f"perfdhcp failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return parse_perfdhcp(result.stdout, Step(rate, period, perfdhcp_rc=result.returncode, client_cpu=client_cpu))
+    step = Step(rate, period, perfdhcp_rc=result.returncode, block=block, client_cpu=client_cpu)
+    return parse_perfdhcp(result.stdout, step)
+
+
+def receive_queue(namespace: str, port: int = 67) -> int:
+    """Bytes waiting in the server's UDP receive queue (ss Recv-Q)."""
+    command = ["ip", "netns", "exec", namespace, "ss", "-Huan", f"sport = :{port}"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines() if len(line.split()) > 1)
 
 
 def process_cpu(pid: int) -> float:
@@ -432,12 +449,24 @@ class Bench:
     def step(self, server: Server, result: Result, rate: int) -> Step:
         pid = server.process.pid if server.process else 0
         cpu = process_cpu(pid)
-        s = run_perfdhcp(server.lab, rate, self.args.period, self.args.clients)
+        s = run_perfdhcp(server.lab, rate, self.args.period, self.args.clients, len(result.steps) + 1)
         s.server_cpu, s.load = process_cpu(pid) - cpu, os.getloadavg()[0]
         result.steps.append(s)
         print(fmt_step(server.name, s), flush=True)
-        # Let the backlog of an overloaded step drain (socket buffers, queued log lines) first.
-        time.sleep(self.args.pause * (5 if s.drops > 0.10 else 1))
+        # An overloaded server may still hold seconds of queued requests: the next step starts
+        # once its receive queue is empty (at most 20 s), then after the pause.
+        deadline = time.monotonic() + 20
+        while receive_queue(server.lab.server_ns) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(self.args.pause)
+        return s
+
+    def measure(self, server: Server, result: Result, rate: int) -> Step:
+        """A step; a missed one is run once more (the box's load comes and goes) and the better kept."""
+        s = self.step(server, result, rate)
+        if not s.held and self.args.retry and self.time_left():
+            again = self.step(server, result, rate)
+            s = max(s, again, key=lambda x: (x.held, x.rate))
         return s
 
     def run(self) -> None:
@@ -448,7 +477,7 @@ class Bench:
                 if not self.time_left():
                     print("  time budget spent: stopping the ladder")
                     return
-                s = self.step(server, result, rate)
+                s = self.measure(server, result, rate)
                 # Climb on while the completed rate still grows: a missed step on a loaded box may
                 # be noise, and the peak often lies past the first missed rate.
                 if s.drops > GIVE_UP_DROPS or (not s.held and s.rate < best[id(server)] * 1.05):
@@ -458,7 +487,7 @@ class Bench:
             for server, result in self.servers:
                 middle = bisect(result.steps)
                 if middle and self.time_left():
-                    self.step(server, result, middle)
+                    self.measure(server, result, middle)
 
 
 def bisect(steps: list[Step]) -> int | None:
@@ -525,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, help="seconds per step (default 10, --quick 4)")
     parser.add_argument("--refine", type=int, help="bisection steps after the ladder (default 2, --quick 1)")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
+    parser.add_argument("--retry", type=int, choices=[0, 1], help="run a missed step once more (default 1, --quick 0)")
     parser.add_argument("--clients", type=int, default=100_000, help="simulated clients (perfdhcp -R)")
     parser.add_argument("--budget", type=float, default=540, help="seconds for the whole run (default 540)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="ours")
@@ -535,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.period = args.period or (4.0 if args.quick else 10.0)
     args.refine = args.refine if args.refine is not None else (1 if args.quick else 2)
+    args.retry = args.retry if args.retry is not None else (0 if args.quick else 1)
     args.rates = [int(r) for r in args.rates.split(",")]
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = [n for n in names if n not in SERVERS]
