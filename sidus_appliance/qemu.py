@@ -10,9 +10,13 @@ Three firmware paths, matching what real lab machines do:
 The guest is the test instance of :mod:`sidus_appliance.testkernel`: it prints one ``SIDUS-MARKER``
 line on the serial port and powers off, so a boot is "start QEMU, wait for the marker, read the
 serial log". ``-no-reboot`` turns a guest reset into a QEMU exit, which is how a broken KVM
-shows itself quickly (on our box a nested KVM either resets or hangs before the kernel prints);
-``accel="auto"`` probes KVM once per process and falls back to TCG, and retries a failed KVM
-boot under TCG.
+shows itself quickly (on our box nested KVM aborts on an MSR with ``-cpu host`` and hangs before
+the kernel's first line without it); ``accel="auto"`` probes KVM once per process and falls back
+to TCG, and retries a failed (or silent) KVM boot under TCG.
+
+Timing fact (TCG, measured here): iPXE's "Configuring (net0 ...)" waits ~20 s for an IPv6 router
+advertisement when no router is on the segment; one bare RA (router lifetime 0, no prefix) makes
+it finish in ~3 s, and a BIOS boot to the marker took 12-14 s instead of 32 s.
 """
 
 from __future__ import annotations

@@ -91,15 +91,22 @@ class TestKernel:
 # ---------------------------------------------------------------- kernel package
 
 
-def default_version() -> str:
-    """The ABI version the linux-image-amd64 metapackage points at (e.g. 6.1.0-56-amd64)."""
-    out = subprocess.run(
-        ["apt-cache", "depends", "linux-image-amd64"], check=True, capture_output=True, text=True
-    ).stdout
+def default_version(cache_dir: Path = DEFAULT_CACHE) -> str:
+    """The ABI version the linux-image-amd64 metapackage points at (e.g. 6.1.0-56-amd64).
+
+    Without apt lists (no `apt-get update` yet, offline CI), the newest package already in
+    cache_dir will do: the lab needs a kernel, not the latest one."""
+    out = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True).stdout
     found = re.findall(r"Depends:\s*linux-image-(\d[\w.+~-]*-amd64)\b", out)
-    if not found:
-        raise RuntimeError(f"cannot tell the kernel version from `apt-cache depends linux-image-amd64`:\n{out}")
-    return found[0]
+    if found:
+        return found[0]
+    cached = sorted(cache_dir.glob("linux-image-*-amd64_*_amd64.deb"), key=lambda p: p.stat().st_mtime)
+    if cached:
+        return cached[-1].name.split("_", 1)[0].removeprefix("linux-image-")
+    raise RuntimeError(
+        "cannot tell the kernel version: `apt-cache depends linux-image-amd64` names none "
+        f"(run apt-get update) and {cache_dir} holds no kernel package"
+    )
 
 
 def fetch_package(version: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
@@ -284,7 +291,7 @@ def build(
     busybox: Path = BUSYBOX,
 ) -> TestKernel:
     """Download/unpack the kernel and build the initramfs in cache_dir; cached across runs."""
-    version = version or default_version()
+    version = version or default_version(cache_dir)
     deb = fetch_package(version, cache_dir)
     tree = unpack(deb, cache_dir / f"linux-{version}")
     vmlinuz = tree / "boot" / f"vmlinuz-{version}"
