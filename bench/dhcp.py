@@ -491,10 +491,12 @@ class Bench:
 
 
 def bisect(steps: list[Step]) -> int | None:
-    """Midway between the best rate held and the lowest rate above it that was missed."""
+    """Midway between the best rate held and the lowest rate above it that was missed
+    (half the lowest rate tried while nothing was held yet)."""
     held = [s.offered for s in steps if s.held]
     if not held:
-        return None
+        lowest = min((s.offered for s in steps), default=0)
+        return lowest // 2 if lowest >= 100 else None
     low = max(held)
     missed = [s.offered for s in steps if not s.held and s.offered > low]
     if not missed:
