@@ -198,7 +198,7 @@ class Server:
         """(leases in the lease file, its size in bytes), read after the server has stopped."""
         raise NotImplementedError
 
-    def profile(self) -> str:
+    def profile(self, us_per_dora: float = 0.0) -> str:
         return ""
 
 
@@ -274,12 +274,12 @@ class Ours(Server):
                         leases[record["mac"]] = record["ip"]
         return len(leases), journal.stat().st_size
 
-    def profile(self) -> str:
+    def profile(self, us_per_dora: float = 0.0) -> str:
         if self.args.profile == "py-spy":
             raw = self.workdir / "py-spy.txt"
             if not raw.exists():
                 return f"(py-spy wrote nothing: {(self.workdir / 'py-spy.log').read_text(errors='replace')[-500:]})"
-            return spy_breakdown(raw.read_text(), getattr(self, "spy_seconds", 0.0))
+            return spy_breakdown(raw.read_text(), getattr(self, "spy_seconds", 0.0), us_per_dora)
         path = self.workdir / "serve.prof"
         if not path.exists():
             return "(no profile written: did serve exit cleanly?)"
@@ -317,19 +317,25 @@ def py_spy() -> str:
     sys.exit("--profile py-spy needs py-spy (.venv/bin/pip install py-spy), or use --profile cprofile")
 
 
-def spy_breakdown(raw: str, seconds: float) -> str:
-    """Busy samples of py-spy's raw (collapsed) output, by category and by leaf function."""
+def spy_breakdown(raw: str, seconds: float, us_per_dora: float = 0.0) -> str:
+    """Busy samples of py-spy's raw (collapsed) output, by category and by leaf function.
+
+    py-spy counts a thread blocked in epoll_wait as active; those samples are the loop waiting
+    for traffic (the server is not saturated at every step), so they are left out."""
     by_category: dict[str, int] = {}
     by_leaf: dict[str, int] = {}
-    total = 0
+    total = waiting = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
         count = int(count_text)
         frames = stack.split(";")
-        total += count
         leaf = frames[-1]
+        if leaf.startswith("EpollSelector.select "):
+            waiting += count
+            continue
+        total += count
         by_leaf[leaf] = by_leaf.get(leaf, 0) + count
         category = "other (startup, GC, ...)"
         for frame in reversed(frames):
@@ -342,12 +348,22 @@ def spy_breakdown(raw: str, seconds: float) -> str:
     if not total:
         return "py-spy: no busy samples"
     busy = f"{total / SPY_RATE:.1f} s busy" + (f" of {seconds:.0f} s sampled" if seconds else "")
-    lines = [f"== where ours spends its CPU (py-spy, {total} samples = {busy})"]
+    lines = [
+        f"== where ours spends its CPU (py-spy, {total} samples = {busy};"
+        f" {waiting / SPY_RATE:.1f} s waiting in epoll left out)"
+    ]
+    if us_per_dora:
+        lines.append(f"  share  us/DORA  (server CPU over the run: {us_per_dora:.0f} us per completed exchange)")
+
+    def row(count: int, name: str) -> str:
+        share = count / total
+        return f"  {share:6.1%}  {share * us_per_dora:6.1f}  {name}" if us_per_dora else f"  {share:6.1%}  {name}"
+
     for name, count in sorted(by_category.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {count / total:6.1%}  {name}")
+        lines.append(row(count, name))
     lines.append("  top leaf functions (self time):")
     for name, count in sorted(by_leaf.items(), key=lambda kv: -kv[1])[:15]:
-        lines.append(f"  {count / total:6.1%}  {name}")
+        lines.append(row(count, name))
     return "\n".join(lines)
 
 
@@ -612,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 result.leases_persisted, result.lease_file_bytes = server.persisted()
             if args.profile and server.name == "ours":
-                result.profile = server.profile()
+                acks = sum(s.acks for s in result.steps)
+                result.profile = server.profile(sum(s.server_cpu for s in result.steps) / acks * 1e6 if acks else 0.0)
                 print(result.profile)
     print(summary(results))
     print(f"  total {time.monotonic() - start:.0f} s")
