@@ -470,6 +470,7 @@ def verify_listing(text: str) -> list[str]:
         "sidus pre-pivot hook": r"hooks/pre-pivot/\d+-sidus-overlay\.sh",
         "sidus dhclient-script wrapper": r"dhclient-script\.dracut",
         "NFS client (mount.nfs)": r"sbin/mount\.nfs",
+        "/etc/protocols (mount.nfs needs it)": r"(?m) etc/protocols$",
         "nfs module": r"/nfs\.ko",
     }
     return [what for what, pattern in needs.items() if not re.search(pattern, text)]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 # Booting the shared root at all: kernel, dracut with our module's needs (network-legacy wants
-# dhclient, arping and pgrep; nfs wants mount.nfs), an init, and a way in.
+# dhclient, arping and pgrep; nfs wants mount.nfs, and /etc/protocols from netbase: without it
+# mount.nfs fails its port probe with "Protocol not supported"), an init, and a way in.
 MINIMAL = (
-    "dracut", "dracut-network", "nfs-common", "isc-dhcp-client", "iputils-arping", "procps",
+    "netbase", "dracut", "dracut-network", "nfs-common", "isc-dhcp-client", "iputils-arping", "procps",
     "systemd-sysv", "udev", "kmod", "iproute2", "ifupdown", "openssh-server", "less", "nano",
 )
 # Compute nodes of a cluster: toolchains, MPI, the usual administration tools.

@@ -40,7 +40,7 @@ def config(tmp_path: Path):
 def test_profiles() -> None:
     minimal = packages("minimal", "amd64")
     assert minimal[0] == "linux-image-amd64"
-    for needed in ("dracut", "dracut-network", "nfs-common", "isc-dhcp-client", "iputils-arping", "procps",
+    for needed in ("netbase", "dracut", "dracut-network", "nfs-common", "isc-dhcp-client", "iputils-arping", "procps",
                    "openssh-server"):
         assert needed in minimal
     assert set(minimal) < set(packages("cluster", "amd64")) < set(packages("workstation", "amd64"))
@@ -127,10 +127,13 @@ def test_verify_listing() -> None:
         "-rwxr-xr-x 1 root root 1 Jan 1 usr/sbin/dhclient-script.dracut",
         "-rwxr-xr-x 1 root root 1 Jan 1 usr/sbin/mount.nfs",
         "-rw-r--r-- 1 root root 1 Jan 1 usr/lib/modules/6.1.0-50-amd64/kernel/fs/nfs/nfs.ko",
+        "-rw-r--r-- 1 root root 1 Jan 1 etc/protocols",
     ])
     assert b.verify_listing(good) == []
     missing = b.verify_listing(good.replace("20-sidus-overlay.sh", "10-overlay-mount.sh"))
     assert missing == ["sidus pre-pivot hook"]
+    no_protocols = good.replace("etc/protocols", "etc/protocols.bak")
+    assert b.verify_listing(no_protocols) == ["/etc/protocols (mount.nfs needs it)"]
 
 
 def test_refuses_a_foreign_directory(config) -> None:
