@@ -20,7 +20,7 @@ per second (ACKs received / period), the drop rate of whole exchanges (1 - ACKs 
 sent), and the server's CPU per exchange; "held" is the best rate with under 1% dropped,
 "peak" the best rate at all.
 
-    sudo .venv/bin/python bench/dhcp.py            # ~5 min, 10 s per step
+    sudo .venv/bin/python bench/dhcp.py            # ~6 min, 10 s per step
     sudo .venv/bin/python bench/dhcp.py --quick    # ~2 min, 4 s per step
     sudo .venv/bin/python bench/dhcp.py --servers ours --profile py-spy   # where our time goes
 """
