@@ -442,7 +442,8 @@ def check(config: Config, *, netns: str | None = None, etab: Path = Path("/var/l
     model = []
     for exp in exports(config):
         if not exp.path.is_dir():
-            problems.append(f"{exp.role} {exp.instance or ''} {exp.path} does not exist".replace("  ", " "))
+            what = {"root": "export root", "home": "home export"}.get(exp.role, f"instance {exp.instance}")
+            problems.append(f"{what}: {exp.path} does not exist")
         else:
             model.append(exp)
     if config.nfs.backend == "kernel":
