@@ -592,6 +592,14 @@ def main(argv: list[str] | None = None) -> int:
     tools = ["perfdhcp"] + [t for n, t in (("dnsmasq", "dnsmasq"), ("kea", "kea-dhcp4")) if n in names]
     require_root(tools)
 
+    # SIGTERM/SIGHUP (and SIGINT even when inherited ignored) unwind like Ctrl-C, so the servers
+    # are ended and the namespaces removed whichever way the bench is stopped.
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+
     results: list[Result] = []
     start = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="sidus-bench-dhcp-"))
@@ -645,4 +653,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}): servers ended, namespaces removed", file=sys.stderr)
+        sys.exit(130)
