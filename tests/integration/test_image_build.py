@@ -124,3 +124,122 @@ def test_the_built_root_is_served_over_nfs(built) -> None:
             assert fetched == (result.root / kernel.lstrip("/")).read_bytes()
         finally:
             nfs.stop_ganesha(config, lambda m: None)
+
+
+# -- end to end: PXE clients boot the built root over NFS from the appliance ------------------
+
+MASTER_MAC = "08:00:aa:bb:cc:dd"  # profile master in config.example.yaml
+CLIENT_MAC = "52:54:00:5e:00:01"
+BOOT_TIMEOUT = 600.0  # TCG on a loaded 2-core box: ~80 s when healthy
+
+# Boot loaders from the Debian packages (pxelinux, syslinux-common); menu.c32 and its libraries
+# because the generated menus use `UI menu.c32`.
+LOADERS = {
+    "pxelinux.0": "/usr/lib/PXELINUX/pxelinux.0",
+    **{m: f"/usr/lib/syslinux/modules/bios/{m}" for m in ("ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32")},
+}
+
+# A test-only unit in the instance: how is / mounted, can we write it, and the lab's marker line
+# (sidus_appliance.qemu waits for it), then power off.
+PROBE = r"""#!/bin/sh
+root_fs=$(findmnt -n -o FSTYPE /)
+wrote=no
+echo "written by $(cat /proc/sys/kernel/hostname)" > /sidus-e2e-written 2>/dev/null && wrote=yes
+dev=$(ip -4 -o route show default | awk '{print $5; exit}')
+[ -n "$dev" ] || dev=$(ip -4 -o addr show scope global | awk '{print $2; exit}')
+ip=$(ip -4 -o addr show dev "$dev" scope global | awk '{split($4, a, "/"); print a[1]; exit}')
+lft=$(ip -4 -o addr show dev "$dev" scope global | grep -o 'valid_lft [a-z0-9]*' | head -1)
+domain=$(awk '/^search/ {print $2; exit}' /etc/resolv.conf)
+dns=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf)
+mac=$(cat /sys/class/net/"$dev"/address)
+name=$(cat /proc/sys/kernel/hostname)
+{
+  echo "SIDUS-E2E root=$root_fs wrote=$wrote dev=$dev $lft"
+  echo "SIDUS-MARKER ip=$ip hostname=$name domain=$domain dns=$dns mac=$mac cmdline=$(cat /proc/cmdline)"
+} > /dev/ttyS0
+sync
+systemctl poweroff
+"""
+PROBE_UNIT = """[Unit]
+Description=sidus end-to-end probe (tests only)
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/sidus-e2e-probe
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def install_probe(root: Path) -> None:
+    probe = root / "usr/local/sbin/sidus-e2e-probe"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text(PROBE)
+    probe.chmod(0o755)
+    (root / "etc/systemd/system/sidus-e2e.service").write_text(PROBE_UNIT)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "sidus-e2e.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/sidus-e2e.service")
+
+
+def e2e_line(serial: str) -> dict[str, str]:
+    from sidus_appliance.qemu import strip_ansi
+
+    for line in strip_ansi(serial).splitlines():
+        if line.startswith("SIDUS-E2E root="):
+            fields = line[len("SIDUS-E2E "):].replace("valid_lft ", "valid_lft=").split()
+            return dict(f.partition("=")[::2] for f in fields)
+    return {}
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("mac", [CLIENT_MAC, MASTER_MAC], ids=["overlay-client", "master-rw"])
+def test_pxe_client_boots_the_shared_root(built, lab, start_appliance, tmp_path: Path, mac: str) -> None:
+    """A PXE client boots the instance over NFS (ganesha): / is an overlay whose writes stay in
+    RAM; the master MAC boots the same root read-write and its write lands on the server."""
+    from sidus_appliance import qemu
+    from sidus_appliance.config import load_config
+
+    missing = [p for p in (qemu.QEMU, *LOADERS.values()) if not (Path(p).exists() or shutil.which(p))]
+    if missing or any(shutil.which(b) is None for b in NEEDED):
+        pytest.skip(f"missing for the end-to-end boot: {' '.join(missing) or 'ganesha tools'}")
+    _config, result, _ = built
+    root = result.root
+    install_probe(root)
+    written = root / "sidus-e2e-written"
+    written.unlink(missing_ok=True)
+    workdir = tmp_path / "appliance"
+    for name, src in LOADERS.items():
+        (workdir / "tftp" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, workdir / "tftp" / name)
+    overrides = {
+        "instances": [{"name": "mini", "root": str(root), "append": "console=ttyS0", "modes": ["overlay"]}],
+        "nfs": {"backend": "ganesha", "export_root": str(workdir / "export"), "home": str(workdir / "export/home"),
+                "ganesha_config": str(workdir / "state/ganesha.conf")},
+    }
+    appliance = start_appliance(overrides, workdir=workdir)
+    config = load_config(appliance.config_path)
+    try:
+        nfs.apply(config, lambda m: None, netns=lab.server_ns)
+        tap = lab.add_tap()
+        boot = qemu.boot("bios", mac, tap, tmp_path / "qemu", lab.server_ns, accel="tcg",
+                         timeout=BOOT_TIMEOUT, memory_mb=1024)
+    finally:
+        nfs.stop_ganesha(config, lambda m: None)
+    serial = boot.serial_log.read_text(errors="replace")
+    print(boot.summary(), boot.attempts, boot.phases)
+    assert boot.ok, f"{boot.summary()}\n--- serial tail:\n{qemu.strip_ansi(serial)[-4000:]}"
+    report = e2e_line(serial)
+    assert report.get("valid_lft") == "forever", report  # the DHCP address never expires
+    assert report.get("wrote") == "yes", report
+    if mac == MASTER_MAC:
+        assert report.get("root") == "nfs", report  # read-write NFS root, no overlay
+        assert written.exists()  # the master's write is on the server
+        assert "sidus=" not in boot.marker.cmdline
+    else:
+        assert report.get("root") == "overlay", report
+        assert not written.exists()  # the client's write stayed in its RAM
+        assert "sidus=overlay" in boot.marker.cmdline.split()
+    written.unlink(missing_ok=True)
