@@ -248,10 +248,13 @@ def _run(argv: Sequence[str], netns: str | None = None, timeout: float = 30) -> 
         raise NfsError(f"{' '.join(argv)} did not answer within {timeout:.0f}s") from None
 
 
-def apply(config: Config, log: Log = print, *, netns: str | None = None) -> None:
-    """Write the backend's file and make the server serve it; raises NfsError on failure."""
+def apply(config: Config, log: Log = print, *, netns: str | None = None, tie_to_caller: bool = False) -> None:
+    """Write the backend's file and make the server serve it; raises NfsError on failure.
+
+    ganesha with `netns`: `tie_to_caller` makes the servers end with the calling process (tests,
+    the lab), so even a SIGKILLed caller leaves no NFS server behind."""
     if config.nfs.backend == "ganesha":
-        apply_ganesha(config, log, netns=netns)
+        apply_ganesha(config, log, netns=netns, tie_to_caller=tie_to_caller)
     else:
         apply_kernel(config, log)
 
@@ -279,15 +282,25 @@ def apply_kernel(config: Config, log: Log = print) -> None:
 # -- ganesha ------------------------------------------------------------------------------
 
 # Runs inside `unshare -m` in the target namespace: a private /run gives rpcbind its own socket
-# (/run/rpcbind.sock), so a namespaced rpcbind never collides with the host's.
+# (/run/rpcbind.sock), so a namespaced rpcbind never collides with the host's. With a caller PID
+# ($5), a watcher ends ganesha and rpcbind once that process is gone, however it died (rpcbind
+# drops to user _rpc, which clears a parent-death signal, hence the polling watcher).
 _NETNS_LAUNCHER = r"""
 set -e
 mount -t tmpfs -o mode=0755 sidus-run /run
 mkdir -p /run/rpcbind
 rpcbind -f -w &
-echo $! > "$4"
+rpc=$!
+echo $rpc > "$4"
 i=0
 while [ ! -S /run/rpcbind.sock ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+if [ -n "$5" ]; then
+    server=$$
+    (
+        while kill -0 "$5" 2> /dev/null && kill -0 "$server" 2> /dev/null; do sleep 0.5; done
+        kill -9 "$server" "$rpc" 2> /dev/null
+    ) < /dev/null > /dev/null 2>&1 &
+fi
 exec ganesha.nfsd -F -f "$1" -L "$2" -p "$3"
 """
 
@@ -340,7 +353,9 @@ def _rpc_programs(netns: str | None, host: str = "127.0.0.1") -> set[int]:
     return programs
 
 
-def apply_ganesha(config: Config, log: Log = print, *, netns: str | None = None, timeout: float = 20) -> None:
+def apply_ganesha(
+    config: Config, log: Log = print, *, netns: str | None = None, timeout: float = 20, tie_to_caller: bool = False
+) -> None:
     for binary in ("ganesha.nfsd", "rpcbind", "rpcinfo"):
         if shutil.which(binary) is None:
             raise NfsError(f"{binary} not found: apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind")
@@ -357,13 +372,14 @@ def apply_ganesha(config: Config, log: Log = print, *, netns: str | None = None,
     with contextlib.suppress(FileNotFoundError):
         paths.pidfile.unlink()
     if netns:
-        subprocess.Popen(
-            ["ip", "netns", "exec", netns, "unshare", "-m", "--propagation", "private",
-             "sh", "-c", _NETNS_LAUNCHER, "sidus-ganesha",
-             str(paths.config), str(paths.log), str(paths.pidfile), str(paths.rpcbind_pidfile)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(paths.state / "launcher.err", "w"),  # noqa: SIM115
-            start_new_session=True,
-        )
+        with open(paths.state / "launcher.err", "w") as errors:
+            subprocess.Popen(
+                ["ip", "netns", "exec", netns, "unshare", "-m", "--propagation", "private",
+                 "sh", "-c", _NETNS_LAUNCHER, "sidus-ganesha",
+                 str(paths.config), str(paths.log), str(paths.pidfile), str(paths.rpcbind_pidfile),
+                 str(os.getpid()) if tie_to_caller else ""],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
+            )
     else:
         if NFS_PROGRAM in _rpc_programs(None):
             raise NfsError("another NFS server is registered with rpcbind on this host; stop it first")

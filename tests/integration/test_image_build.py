@@ -111,7 +111,7 @@ def test_the_built_root_is_served_over_nfs(built) -> None:
     kernel = f"/boot/vmlinuz-{result.kernels[-1]}"
     with Pair() as pair:
         try:
-            nfs.apply(config, lambda m: None, netns=pair.server)
+            nfs.apply(config, lambda m: None, netns=pair.server, tie_to_caller=True)
             assert nfs.check(config, netns=pair.server) == []
             pair.client_address("10.20.17.10")
             got = pair.run("nfs-cat", url(f"{result.root}/etc/sidus-release"), check=True).stdout
@@ -222,7 +222,7 @@ def test_pxe_client_boots_the_shared_root(built, lab, start_appliance, tmp_path:
     appliance = start_appliance(overrides, workdir=workdir)
     config = load_config(appliance.config_path)
     try:
-        nfs.apply(config, lambda m: None, netns=lab.server_ns)
+        nfs.apply(config, lambda m: None, netns=lab.server_ns, tie_to_caller=True)
         tap = lab.add_tap()
         boot = qemu.boot("bios", mac, tap, tmp_path / "qemu", lab.server_ns, accel="tcg",
                          timeout=BOOT_TIMEOUT, memory_mb=1024)

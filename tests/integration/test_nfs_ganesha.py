@@ -12,6 +12,8 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,7 +112,7 @@ def test_ganesha_serves_the_model(pair: Pair, tmp_path: Path) -> None:
     config = parse_config(config_text(tmp_path, ["demo"]), "test.yaml")
     messages: list[str] = []
     try:
-        nfs.apply(config, messages.append, netns=pair.server)
+        nfs.apply(config, messages.append, netns=pair.server, tie_to_caller=True)
         assert any("ganesha.nfsd serving" in m for m in messages), messages
         assert nfs.check(config, netns=pair.server) == []
 
@@ -141,7 +143,7 @@ def test_ganesha_serves_the_model(pair: Pair, tmp_path: Path) -> None:
         pid = nfs.ganesha_pid(config)
         (tmp_path / "nfsroot" / "second").mkdir()
         config2 = parse_config(config_text(tmp_path, ["demo", "second"]), "test.yaml")
-        nfs.apply(config2, messages.append, netns=pair.server)
+        nfs.apply(config2, messages.append, netns=pair.server, tie_to_caller=True)
         assert nfs.ganesha_pid(config2) == pid
         for _ in range(50):
             listed = nfs.parse_showmount(pair.run("showmount", "-e", SERVER).stdout)
@@ -154,3 +156,29 @@ def test_ganesha_serves_the_model(pair: Pair, tmp_path: Path) -> None:
         with contextlib.suppress(Exception):
             nfs.stop_ganesha(config, messages.append)
     assert nfs.ganesha_pid(config) is None
+
+
+def test_ganesha_dies_with_a_killed_caller(pair: Pair, tmp_path: Path) -> None:
+    """tie_to_caller: a SIGKILLed test run leaves no NFS server behind in its namespace."""
+    (tmp_path / "nfsroot" / "demo").mkdir(parents=True)
+    (tmp_path / "config.yaml").write_text(config_text(tmp_path, ["demo"]))
+    script = (
+        "import os, sys\n"
+        "from sidus_appliance import nfs\n"
+        "from sidus_appliance.config import load_config\n"
+        f"config = load_config({str(tmp_path / 'config.yaml')!r})\n"
+        f"nfs.apply(config, lambda m: None, netns={pair.server!r}, tie_to_caller=True)\n"
+        "print(nfs.ganesha_pid(config), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == -9, result.stderr
+    pid = int(result.stdout.split()[0])
+    config = parse_config(config_text(tmp_path, ["demo"]), "test.yaml")
+    for _ in range(50):
+        if nfs.ganesha_pid(config) is None:
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or nfs.ganesha_pid(config) is None
+    assert nfs._pid_alive(nfs.ganesha_paths(config).rpcbind_pidfile, "rpcbind") is None
