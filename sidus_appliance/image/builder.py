@@ -121,6 +121,21 @@ def host_mirrors(sources: Iterable[Path] | None = None) -> tuple[str, str]:
     return (main or DEFAULT_MIRROR).rstrip("/"), (security or DEFAULT_SECURITY).rstrip("/")
 
 
+def host_lang(path: Path = Path("/etc/default/locale")) -> str | None:
+    """The host's LANG when it names a real locale (not C or POSIX), else None."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "LANG":
+            lang = value.strip().strip('"')
+            if lang and lang.split(".")[0] not in ("C", "POSIX"):
+                return lang
+    return None
+
+
 def is_btrfs(path: Path) -> bool:
     result = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=False)
     return result.stdout.strip() == "btrfs"
@@ -184,7 +199,12 @@ class Builder:
         self.suite = suite
         self.arch = arch
         self.profile = profile
+        self.host_lang = host_lang()
         self.packages = [*packages(profile, arch), *extra_packages]
+        if self.host_lang:
+            self.packages.append("locales")
+        if Path("/etc/default/keyboard").is_file():
+            self.packages.append("keyboard-configuration")
         self.say = log
         self.password = password
         host_main, host_security = host_mirrors()
@@ -390,10 +410,23 @@ class Builder:
         with contextlib.suppress(FileNotFoundError):
             (root / "var/lib/dbus/machine-id").unlink()
         self._copy_host_locale()
+        if self.host_lang:
+            self._generate_locale(self.host_lang)
         (etc / "sidus-release").write_text(
             f"NAME={self.name}\nSUITE={self.suite}\nARCH={self.arch}\nPROFILE={self.profile}\n"
             f"BUILT={datetime.now(UTC).isoformat(timespec='seconds')}\nAPPLIANCE={self.config.server_ip}\n"
         )
+
+    def _generate_locale(self, lang: str) -> None:
+        """The host's locale (say fr_FR.UTF-8) generated in the instance, as the seed did."""
+        supported = self.root / "usr/share/i18n/SUPPORTED"
+        line = next((entry for entry in (supported.read_text().splitlines() if supported.exists() else [])
+                     if entry.split()[0] == lang), None)
+        if line is None:
+            self._note(f"locale {lang} is not in the instance's SUPPORTED list; left out")
+            return
+        (self.root / "etc/locale.gen").write_text(f"# sidus-appliance: the appliance's locale\n{line}\n")
+        self._chroot(["locale-gen"])
 
     def _copy_host_locale(self) -> None:
         etc = self.root / "etc"
