@@ -594,7 +594,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM/SIGHUP (and SIGINT even when inherited ignored) unwind like Ctrl-C, so the servers
     # are ended and the namespaces removed whichever way the bench is stopped.
+    owner = os.getpid()
+
     def interrupted(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a helper forked by pyroute2 (NetNS): just go, clean-up is ours
+            os._exit(128 + signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -607,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
           f"work dir {root}; {load()}", flush=True)
     bench = Bench(args, start + args.budget)
     with contextlib.ExitStack() as stack:
+        if not args.keep:  # registered first, so it runs last: after the servers and labs are gone
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
         for name in names:
             lab = stack.enter_context(Lab(interface=INTERFACE, address=SERVER_ADDRESS))
             lab.add_client(address=CLIENT_ADDRESS)
@@ -647,8 +653,6 @@ def main(argv: list[str] | None = None) -> int:
              for r in results], indent=2))
     if args.keep:
         print(f"  logs and lease files kept in {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
     return 1 if any(r.error for r in results) else 0
 
 
