@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import grp
 import logging
 import os
@@ -98,6 +99,9 @@ class Appliance:
                 "refusing to start a second one on the same leases"
             )
         log.info("leases: %d loaded from %s", len(self.leases.all()), self.config.state_dir / LEASES_FILE)
+        # The loaded lease table lives as long as the process: keep full collections from
+        # walking it (bench/dhcp measured 120-270 ms stalls with 300k leases).
+        gc.freeze()
         try:
             for name, service in build_services(self.config, self.leases).items():
                 try:
