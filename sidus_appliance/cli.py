@@ -30,12 +30,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(describe(config))
     problems: list[str] = []
     if args.live:
+        from . import nfs
         from .runtime import StartupError, check_interface
 
         try:
             check_interface(config)
         except StartupError as exc:
             problems.append(str(exc))
+        problems += [f"nfs: {problem}" for problem in nfs.check(config)]
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     print("config OK" if not problems else f"{len(problems)} problem(s)")
@@ -81,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a config and print the effective settings")
     _config_arg(p)
-    p.add_argument("--live", action="store_true", help="also check the interface and address on this host")
+    p.add_argument(
+        "--live", action="store_true", help="also check the interface, its address and the NFS exports on this host"
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("leases", help="list the lease table")
