@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if max(args.clients) > 240:
         sys.exit("at most 240 clients: the pool is 10.20.17.10-249")
     work = Path(tempfile.mkdtemp(prefix="storm-"))
+    failures = 0
     print(f"work dir {work}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus", flush=True)
     try:
         tree = Tree(work, args.initrd_mib)
@@ -270,12 +271,15 @@ def main(argv: list[str] | None = None) -> int:
                     load = os.getloadavg()[0]
                     summary = summarise(run_storm(which, n, tree, work / f"r{k}", args.deadline, args.dnsmasq_ping))
                     summary["load"] = load
+                    failures += summary["failed"]
                     runs[which].append(summary)
             report(n, runs)
     finally:
-        if not args.keep:
+        if args.keep or failures:
+            print(f"\nwork dir kept: {work} (server logs, per-client results in */result.json)")
+        else:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
