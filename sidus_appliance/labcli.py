@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +23,18 @@ from typing import Any
 
 from pyroute2 import netns
 
+from . import bootfiles, qemu, testkernel
+from .config import load_config, normalize_mac
 from .lab import PREFIX, ApplianceProcess, Lab, run_udhcpc, write_lab_config
 
 STATE_DIR = Path("/run/sidus-appliance-lab")
 DEMO_TAG = "demo"
+INSTANCE = "lab"
+BOOT_TIMEOUT = 240.0  # TCG on a busy 2-core box; a healthy boot takes 20-45 s
+MASTER_MAC = "08:00:aa:bb:cc:dd"
+# A BIOS client gets the default (overlay) menu; the UEFI one is the master and gets read-write.
+DEMO_BOOTS: tuple[tuple[qemu.Firmware, str], ...] = (("bios", "52:54:00:5a:00:01"), ("uefi", MASTER_MAC))
+DEMO_BOOTS_ALL = (*DEMO_BOOTS, ("uefi-native", "52:54:00:5a:00:03"))
 
 
 def _step(message: str) -> Callable[[str], None]:
@@ -49,10 +58,19 @@ def _load_state() -> dict[str, Any] | None:
         return None
 
 
-def prepare_workdir(workdir: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Config for the lab, plus boot files and a test instance where their modules exist."""
-    config_path = write_lab_config(workdir, overrides)
-    return config_path
+def prepare_workdir(workdir: Path) -> tuple[Path, testkernel.TestKernel]:
+    """The lab's config, a test instance (Debian kernel + marker initramfs) and staged loaders."""
+    done = _step("test instance: Debian kernel + busybox marker initramfs (cached after the first run)")
+    instance_root = workdir / "nfsroot" / INSTANCE
+    kernel = testkernel.publish(instance_root)
+    done(f"vmlinuz-{kernel.version}@{INSTANCE}")
+    config_path = write_lab_config(workdir, testkernel.instance_overrides(instance_root, INSTANCE))
+    done = _step("boot loaders staged from Debian packages (pxelinux, syslinux-efi)")
+    report = bootfiles.install(load_config(config_path))
+    if report.missing:
+        raise SystemExit(f"boot loaders missing: {report}")
+    done()
+    return config_path, kernel
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -64,8 +82,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     the_lab = Lab(tag=DEMO_TAG)
     the_lab.up()
     try:
+        config_path, kernel = prepare_workdir(workdir)
         done = _step("starting the appliance in namespace " + the_lab.server_ns)
-        config_path = prepare_workdir(workdir)
         appliance = ApplianceProcess(the_lab, config_path, workdir / "serve.log").start()
         done(f"pid {appliance.pid}, log {workdir / 'serve.log'}")
     except BaseException:
@@ -79,10 +97,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "workdir": str(workdir),
                 "config": str(config_path),
                 "namespaces": [the_lab.server_ns],
+                "kernel": str(kernel.vmlinuz),
             }
         )
     )
-    print(f"lab up: config {config_path}; run clients with `ip netns exec {the_lab.server_ns} ...`")
+    print(f"lab up: config {config_path}; boot a client with `sidus-appliance lab boot --firmware bios`")
     return 0
 
 
@@ -101,6 +120,42 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _free_tap(server_ns: str) -> str:
+    links = subprocess.run(
+        ["ip", "netns", "exec", server_ns, "ip", "-o", "link"], capture_output=True, text=True
+    ).stdout
+    n = 0
+    while f" tap{n}:" in links or f" tap{n}@" in links:
+        n += 1
+    return f"tap{n}"
+
+
+def _boot_one(the_lab: Lab, firmware: qemu.Firmware, mac: str, workdir: Path, kernel: Path) -> qemu.BootResult:
+    """One QEMU client on a fresh tap port of the lab bridge, booted to its marker line."""
+    tap = _free_tap(the_lab.server_ns)
+    subprocess.run(the_lab.server_argv(["ip", "tuntap", "add", "dev", tap, "mode", "tap"]), check=True)
+    try:
+        subprocess.run(the_lab.server_argv(["ip", "link", "set", tap, "master", the_lab.interface, "up"]), check=True)
+        return qemu.boot(firmware, mac, tap, workdir / f"qemu-{firmware}-{mac.replace(':', '')}",
+                         the_lab.server_ns, timeout=BOOT_TIMEOUT, kernel=kernel)  # fmt: skip
+    finally:
+        subprocess.run(the_lab.server_argv(["ip", "link", "del", tap]), check=False, capture_output=True)
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    state = _load_state()
+    if state is None:
+        print("no lab is up: `sidus-appliance lab up` first", file=sys.stderr)
+        return 2
+    the_lab = Lab(tag=DEMO_TAG)  # the running lab: same names, nothing created here
+    mac = normalize_mac(args.mac)
+    done = _step(f"booting a {args.firmware} client {mac} (QEMU, serial log under {state['workdir']})")
+    result = _boot_one(the_lab, args.firmware, mac, Path(state["workdir"]), Path(state["kernel"]))
+    done(result.summary())
+    _table(tuple(result.row()), [tuple(result.row().values())])
+    return 0 if result.ok else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     state = _load_state()
     if state is None:
@@ -111,47 +166,50 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The newcomer's tour: an isolated lab, the appliance, real clients, a table; cleaned up."""
+    """The newcomer's tour: an isolated lab, the appliance, real DHCP clients and real PXE
+    firmware booting from it, a table; everything removed afterwards, also on failure."""
     workdir = Path(tempfile.mkdtemp(prefix="sidus-demo-"))
-    rows: list[tuple[str, ...]] = []
     appliance: ApplianceProcess | None = None
+    failures = 0
     try:
         with Lab() as the_lab:
             done = _step(f"lab namespace {the_lab.server_ns}, bridge eth1 10.20.17.254/24")
             done()
-            done = _step("starting sidus-appliance serve (config.example.yaml settings)")
-            config_path = prepare_workdir(workdir)
+            config_path, kernel = prepare_workdir(workdir)
+            done = _step("starting sidus-appliance serve (config.example.yaml settings + the test instance)")
             appliance = ApplianceProcess(the_lab, config_path, workdir / "serve.log").start()
             done(f"pid {appliance.pid}")
-            for label, mac, arch in (
-                ("udhcpc BIOS PXE", None, 0),
-                ("udhcpc master", "08:00:aa:bb:cc:dd", 0),
-                ("udhcpc UEFI x64", None, 7),
-                ("udhcpc plain", None, None),
-            ):
-                done = _step(f"client {label}: DHCP")
+
+            rows: list[tuple[str, ...]] = []
+            for label, mac, arch in (("udhcpc, BIOS PXE", None, 0), ("udhcpc, plain (no PXE)", None, None)):
+                done = _step(f"real DHCP client: {label}")
                 client = the_lab.add_client(mac=mac)
                 env = run_udhcpc(client, workdir / f"c{len(rows)}", arch=arch)
                 done(f"{client.mac} -> {env['ip']}")
-                rows.append(
-                    (
-                        label,
-                        client.mac,
-                        env["ip"],
-                        env.get("hostname", "-"),
-                        env.get("boot_file", "-"),
-                        "infinite" if env.get("lease") == "4294967295" else env.get("lease", "-"),
-                    )
-                )
+                lease = "infinite" if env.get("lease") == "4294967295" else env.get("lease", "-")
+                rows.append((label, client.mac, env["ip"], env.get("hostname", "-"), env.get("boot_file", "-"), lease))
+            print()
+            _table(("DHCP client", "mac", "address", "name", "boot file", "lease"), rows)
+            print()
+
+            boots: list[tuple[str, ...]] = []
+            for firmware, mac in args.boots:
+                done = _step(f"QEMU {firmware} client {mac}: PXE boot to the marker line (TCG: ~20-45 s)")
+                result = _boot_one(the_lab, firmware, mac, workdir, kernel.vmlinuz)
+                done(result.summary())
+                failures += not result.ok
+                boots.append(tuple(result.row().values()))
+                header = tuple(result.row())
+            print()
+            if boots:
+                _table(header, boots)
             appliance.stop()
             print()
-            _table(("client", "mac", "address", "name", "boot file", "lease"), rows)
-            print()
-            print("appliance log (DHCP decisions):")
+            print("appliance log (one line per DHCP decision and TFTP transfer):")
             for line in appliance.log().splitlines():
-                if " dhcp: " in line:
-                    print("   ", line.split(" sidus.dhcp: ", 1)[-1])
-        return 0
+                if (" dhcp: " in line and ("ACK" in line or "NAK" in line)) or " sent " in line:
+                    print("   ", line.split(": ", 1)[-1])
+        return 1 if failures else 0
     finally:
         if appliance is not None:
             appliance.kill()
@@ -170,6 +228,24 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = lab_sub.add_parser("up", help="create the lab and start the appliance in it")
     p.add_argument("--workdir", help="where config, state and boot tree live (default: a temp dir)")
     p.set_defaults(func=cmd_up)
+    p = lab_sub.add_parser("boot", help="boot one QEMU PXE client in the running lab")
+    p.add_argument(
+        "--firmware",
+        choices=qemu.FIRMWARES,
+        default="bios",
+        help="bios: SeaBIOS+iPXE (arch 0); uefi: OVMF+iPXE (arch 7); uefi-native: OVMF's own PXE",
+    )
+    p.add_argument("--mac", default="52:54:00:5a:00:01", help="client MAC (08:00:aa:bb:cc:dd is the master)")
+    p.set_defaults(func=cmd_boot)
     lab_sub.add_parser("down", help="stop the appliance and remove the lab").set_defaults(func=cmd_down)
     lab_sub.add_parser("status", help="show the running lab").set_defaults(func=cmd_status)
-    lab_sub.add_parser("demo", help="the full tour, cleaned up afterwards").set_defaults(func=cmd_demo)
+    p = lab_sub.add_parser("demo", help="the full tour, cleaned up afterwards")
+    p.add_argument(
+        "--all-firmware",
+        dest="boots",
+        action="store_const",
+        const=DEMO_BOOTS_ALL,
+        default=DEMO_BOOTS,
+        help="also boot OVMF's native PXE client",
+    )
+    p.set_defaults(func=cmd_demo)
