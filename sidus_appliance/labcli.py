@@ -98,6 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "config": str(config_path),
                 "namespaces": [the_lab.server_ns],
                 "kernel": str(kernel.vmlinuz),
+                "temporary": not args.workdir,
             }
         )
     )
@@ -116,6 +117,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         if name.startswith(f"{PREFIX}-") and name in netns.listnetns():
             netns.remove(name)
     _state_file().unlink()
+    workdir = Path(state.get("workdir", ""))
+    if state.get("temporary") and workdir.name.startswith("sidus-lab-"):
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"lab down: removed {', '.join(state.get('namespaces', []))}")
     return 0
 
