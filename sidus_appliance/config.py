@@ -83,6 +83,9 @@ class DhcpConfig:
     default_boot_file: str = DEFAULT_BOOT_FILE
     # iPXE waits ~13 s for a proxyDHCP offer unless told `no-pxedhcp` (option 175.176).
     ipxe_no_pxedhcp: bool = True
+    # iPXE waits ~20 s for an IPv6 router unless one answers its Router Solicitation: answer
+    # with a bare RA (lifetime 0: not a default router, no prefixes), only when solicited.
+    ipv6_ra_quench: bool = True
 
     def boot_file_for(self, arch: int | None) -> str:
         if arch is None:
@@ -395,7 +398,10 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
 def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
     p = ("dhcp",)
     d = r.mapping(
-        value, p, {"enabled", "port", "pool", "lease_time", "boot_files", "default_boot_file", "ipxe_no_pxedhcp"}
+        value,
+        p,
+        {"enabled", "port", "pool", "lease_time", "boot_files", "default_boot_file"}
+        | {"ipxe_no_pxedhcp", "ipv6_ra_quench"},
     )
     pool = None
     if d.get("pool") is not None:
@@ -433,6 +439,7 @@ def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
         boot_files=boot_files,
         default_boot_file=r.text(d.get("default_boot_file", DEFAULT_BOOT_FILE), p + ("default_boot_file",)),
         ipxe_no_pxedhcp=r.boolean(d.get("ipxe_no_pxedhcp", True), p + ("ipxe_no_pxedhcp",)),
+        ipv6_ra_quench=r.boolean(d.get("ipv6_ra_quench", True), p + ("ipv6_ra_quench",)),
     )
 
 
@@ -620,6 +627,7 @@ def describe(config: Config) -> str:
     for arch, name in sorted(d.boot_files.items()):
         lines.append(f"  arch {arch:<5} -> {name}")
     lines.append(f"  other      -> {d.default_boot_file}")
+    lines.append(f"  ipv6 ra    -> {'bare RA (lifetime 0) to Router Solicitations' if d.ipv6_ra_quench else 'off'}")
     for h in config.hosts:
         lines.append(f"host:        {h.name} {h.mac} {h.address} profile={h.profile}")
     n = config.dns
