@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidus_appliance.dhcp.leases import LeaseStore
-from sidus_appliance.lab import ClientPort, Lab, run_dhclient, run_udhcpc
+from sidus_appliance.lab import ClientPort, Lab, run_dhclient, run_udhcpc, write_lab_config
 
 from ..conftest import StartAppliance
 
@@ -169,24 +169,15 @@ def test_sighup_reloads_reservations_without_dropping_leases(
 
 
 def test_refuses_to_start_without_its_interface(lab: Lab, tmp_path: Path) -> None:
-    from sidus_appliance.lab import write_lab_config
+    def serve(overrides: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        config = write_lab_config(tmp_path, {**overrides, **DHCP_ONLY})
+        command = [sys.executable, "-m", "sidus_appliance.cli", "serve", "-c", str(config)]
+        return subprocess.run(lab.server_argv(command), capture_output=True, text=True, timeout=30)
 
-    config = write_lab_config(tmp_path, {"interface": "eth9", **DHCP_ONLY})
-    result = subprocess.run(
-        lab.server_argv([sys.executable, "-m", "sidus_appliance.cli", "serve", "-c", str(config)]),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve({"interface": "eth9"})
     assert result.returncode == 2
     assert "interface: eth9 does not exist on this host" in result.stderr
-    config = write_lab_config(tmp_path, {"address": "10.20.17.250/24", **DHCP_ONLY})
-    result = subprocess.run(
-        lab.server_argv([sys.executable, "-m", "sidus_appliance.cli", "serve", "-c", str(config)]),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve({"address": "10.20.17.250/24"})
     assert result.returncode == 2
     assert "address: 10.20.17.250/24 is not configured on eth1" in result.stderr
 
