@@ -64,6 +64,10 @@ def build_services(config: Config, leases: LeaseStore) -> dict[str, Service]:
         from .tftp.service import TftpService
 
         services["tftp"] = TftpService(config, leases, logging.getLogger("sidus.tftp"))
+    if config.dhcp.enabled and config.dhcp.ipv6_ra_quench:
+        from .ra import RaQuenchService
+
+        services["ra"] = RaQuenchService(config, leases, logging.getLogger("sidus.ra"))
     return services
 
 
