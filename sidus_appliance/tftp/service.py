@@ -204,15 +204,19 @@ class _Pump(threading.Thread):
                 transfer = table.get(fd)
                 if transfer is None:
                     continue
+                if transfer.cancelled:
+                    # shutdown() by cancel() makes the socket readable for good (EPOLLIN|EPOLLHUP)
+                    # but a MSG_DONTWAIT recv of a shut-down UDP socket fails with EAGAIN, it does
+                    # not return b"": end it here, or this loop spins on it and the transfer,
+                    # its sends failing with EPIPE, lingers until its retries run out.
+                    self._end(fd, transfer, "cancelled")
+                    continue
                 try:
                     data = transfer.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     continue
                 except OSError:  # ICMP port unreachable: the client went away
                     self._end(fd, transfer, "client unreachable")
-                    continue
-                if not data and transfer.cancelled:
-                    self._end(fd, transfer, "cancelled")
                     continue
                 session = transfer.session
                 self._send(fd, transfer, session.receive(data, t))
@@ -222,7 +226,9 @@ class _Pump(threading.Thread):
                 next_check = t + TICK
                 for fd, transfer in list(table.items()):
                     session = transfer.session
-                    if t >= session.deadline:
+                    if transfer.cancelled:
+                        self._end(fd, transfer, "cancelled")
+                    elif t >= session.deadline:
                         self._send(fd, transfer, session.poll(t))
                         if session.done:
                             self._end(fd, transfer, session.outcome)

@@ -274,3 +274,33 @@ def test_reload_changes_menus_not_the_socket(server, caplog):
         service.reload(replace(service.config, tftp=replace(service.config.tftp, port=port + 1)))
     assert "needs a restart" in caplog.text
     assert fetch(port, "pxelinux.cfg/default")  # still served where it was bound
+
+
+def test_new_request_from_the_same_port_ends_the_old_transfer(server, caplog):
+    """The client moved on to another file from the same port: the old transfer is cancelled.
+
+    On the epoll pump a cancelled (shut-down) socket stays readable while a MSG_DONTWAIT recv of
+    it fails with EAGAIN: the pump must end the transfer, not spin on it until its retries run
+    out (seen in the N=200 storm as a transfer "timed out" 65 s after it had been replaced)."""
+    port, root, service = server
+    (root / "f").write_bytes(b"f" * 5000)
+    (root / "g").write_bytes(b"g" * 100)
+    s = client()
+    with caplog.at_level(logging.INFO, logger="test.tftp"):
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+        data, first = s.recvfrom(1000)
+        assert data[:4] == b"\x00\x03\x00\x01"
+        s.sendto(rrq("g"), ("127.0.0.1", port))
+        while True:
+            data, addr = s.recvfrom(1000)
+            if addr != first:  # block 1 of f may come again before the cancel lands
+                break
+        assert addr != first and data == b"\x00\x03\x00\x01" + b"g" * 100
+        s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+        for _ in range(40):  # timeout 0.2 s, 2 retries: a lingering transfer would last 1.4 s
+            if "f stopped after" in caplog.text and not service.transfers:
+                break
+            threading.Event().wait(0.025)
+        assert "f stopped after" in caplog.text and "cancelled" in caplog.text
+        assert "timed out" not in caplog.text
+        assert not service.transfers and (service.pump is None or not service.pump.table)
