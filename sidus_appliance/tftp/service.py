@@ -339,16 +339,21 @@ class TftpService:
             self._error(addr, protocol.ERR_ACCESS, "access violation: this server is read-only")
             return
         old = self.transfers.get(addr)
-        if old is not None and not recheck and old.request == data and old.session.acked < 1:
-            # Either the client repeated its request (its answer is on the way from the old
-            # transfer) or, as EDK II does after its tsize probe, it sent ERROR 8 to the old
-            # port and asked again: the old pump is ending. Look again in a moment.
-            assert self.loop is not None
-            self.loop.call_later(RECHECK, self.on_request, data, addr, True)
+        if old is not None and old.session.done:
+            old = None  # ended on its pump thread (ERROR from the client...); _finish is on its way
+        if old is not None and old.request == data:
+            # The same request from the same port while its transfer runs. Either the client
+            # repeated it because our answer was late (a busy client or a busy loop: the copy
+            # can reach us after the transfer moved on) — the running transfer answers it, and
+            # the client, connected to that transfer's port by now, would never hear a second
+            # one: cancelling the first stranded it mid-file — or, as EDK II does after its
+            # tsize probe, it sent ERROR 8 to the old port and asked again: that transfer never
+            # got past its OACK and its pump is ending it; look again in a moment.
+            if not recheck and old.session.acked < 1:
+                assert self.loop is not None
+                self.loop.call_later(RECHECK, self.on_request, data, addr, True)
             return
-        if old is not None:
-            if recheck and old.request == data and old.session.acked < 1:
-                return  # a retransmitted request: the old transfer answers it
+        if old is not None:  # another request from the same port: the client moved on
             old.cancel()
             del self.transfers[addr]
         if len(self.transfers) >= self.config.tftp.max_transfers:
