@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
-from sidus_appliance.lab import ClientPort
+from sidus_appliance.lab import ClientPort, Lab
 
 from ..conftest import StartAppliance
 
@@ -85,3 +86,13 @@ def test_quench_off_sends_nothing(start_appliance: StartAppliance, client: Clien
     appliance = start_appliance({**DHCP_ONLY, "dhcp": {"ipv6_ra_quench": False}})
     assert solicit(client, wait=5.0) is None
     assert "ra:" not in appliance.log(since_start=True)
+
+
+def test_ipv6_disabled_on_the_interface_is_logged_and_serving_goes_on(
+    lab: Lab, start_appliance: StartAppliance, client: ClientPort
+) -> None:
+    sysctl = ["sysctl", "-q", "-w", f"net.ipv6.conf.{lab.interface}.disable_ipv6=1"]
+    subprocess.run(lab.server_argv(sysctl), check=True, timeout=10)
+    appliance = start_appliance(DHCP_ONLY)  # start() waits for "ready: serving"
+    assert "ra: IPv6 is disabled on eth1" in appliance.log(since_start=True)
+    assert solicit(client, wait=4.0) is None

@@ -1,16 +1,22 @@
-"""RA quench core: RS validation, the bare RA's layout, the rate limit, link-local lookup."""
+"""RA quench: RS validation, the bare RA's layout, the rate limit, link-local lookup, config and wiring."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import struct
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr
 
+from sidus_appliance.config import describe, parse_config
+from sidus_appliance.dhcp.leases import LeaseStore
 from sidus_appliance.ra import (
     ICMPV6_RA,
     ICMPV6_RS,
+    RaQuenchService,
     RaResponder,
     RouterSolicitation,
     build_ra,
@@ -18,6 +24,7 @@ from sidus_appliance.ra import (
     link_local_address,
     parse_rs,
 )
+from sidus_appliance.runtime import build_services
 
 LL = "fe80::5054:ff:fe12:3456"
 
@@ -131,3 +138,32 @@ def test_icmp6_filter_passes_rs_only() -> None:
     words = struct.unpack("=8I", icmp6_filter_only(ICMPV6_RS))
     blocked = {t for t in range(256) if words[t >> 5] >> (t & 31) & 1}
     assert blocked == set(range(256)) - {ICMPV6_RS}
+
+
+BASE = "interface: eth1\naddress: 10.20.17.254/24\ndomain: sidus.zone\n"
+
+
+def test_config_default_on_and_switch_off() -> None:
+    assert parse_config(BASE).dhcp.ipv6_ra_quench is True
+    assert parse_config(BASE + "dhcp:\n  ipv6_ra_quench: false\n").dhcp.ipv6_ra_quench is False
+    assert "bare RA (lifetime 0)" in describe(parse_config(BASE))
+
+
+def test_build_services_adds_ra_only_with_dhcp_and_the_flag(tmp_path: Path) -> None:
+    leases = LeaseStore(tmp_path / "leases.journal")
+    try:
+        assert "ra" in build_services(parse_config(BASE), leases)
+        assert "ra" not in build_services(parse_config(BASE + "dhcp:\n  ipv6_ra_quench: false\n"), leases)
+        assert "ra" not in build_services(parse_config(BASE + "dhcp:\n  enabled: false\n"), leases)
+    finally:
+        leases.close()
+
+
+def test_start_without_ipv6_on_the_interface_never_fails(caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config(BASE).with_overrides(interface="sidus-nonexistent")
+    service = RaQuenchService(config, None, logging.getLogger("sidus.ra"))
+    with caplog.at_level(logging.INFO, logger="sidus.ra"):
+        asyncio.run(service.start())
+    assert service.sock is None
+    assert "not answering Router Solicitations" in caplog.text
+    service.close()
