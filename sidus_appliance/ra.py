@@ -156,8 +156,8 @@ def icmp6_filter_only(*types: int) -> bytes:
 class RaQuenchService:
     """Raw ICMPv6 socket on the appliance interface; answers RS with `build_ra()`.
 
-    Never fails the appliance's start: no IPv6 on the host or the interface is logged once and
-    the service stays idle.
+    Never fails the appliance's start: no IPv6 on the host or the interface, or an interface
+    that forwards IPv6 (this host is a router there), is logged once and the service stays idle.
     """
 
     name = "ra"
@@ -174,13 +174,21 @@ class RaQuenchService:
 
     async def start(self) -> None:
         interface = self.config.interface
-        disable = Path(f"/proc/sys/net/ipv6/conf/{interface}/disable_ipv6")
+        conf = Path("/proc/sys/net/ipv6/conf") / interface
         try:
-            if disable.read_text().strip() == "1":
-                self.log.info("ra: IPv6 is disabled on %s; not answering Router Solicitations", interface)
-                return
+            disabled = (conf / "disable_ipv6").read_text().strip() == "1"
+            forwarding = (conf / "forwarding").read_text().strip() != "0"
         except OSError:
             self.log.info("ra: no IPv6 on %s; not answering Router Solicitations", interface)
+            return
+        if disabled:
+            self.log.info("ra: IPv6 is disabled on %s; not answering Router Solicitations", interface)
+            return
+        if forwarding:
+            # This host may be the segment's real IPv6 router (radvd): hosts key routers by
+            # source address, so our lifetime-0 RA from the same link-local would withdraw
+            # its default route.
+            self.log.info("ra: %s forwards IPv6 (a router here); not answering Router Solicitations", interface)
             return
         try:
             self.ifindex = socket.if_nametoindex(interface)

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sidus_appliance.lab import ClientPort, Lab
 
 from ..conftest import StartAppliance
@@ -88,11 +90,17 @@ def test_quench_off_sends_nothing(start_appliance: StartAppliance, client: Clien
     assert "ra:" not in appliance.log(since_start=True)
 
 
-def test_ipv6_disabled_on_the_interface_is_logged_and_serving_goes_on(
-    lab: Lab, start_appliance: StartAppliance, client: ClientPort
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("disable_ipv6", "ra: IPv6 is disabled on eth1"), ("forwarding", "ra: eth1 forwards IPv6 (a router here)")],
+)
+def test_no_ipv6_or_a_router_here_is_logged_and_serving_goes_on(
+    lab: Lab, start_appliance: StartAppliance, client: ClientPort, setting: str, message: str
 ) -> None:
-    sysctl = ["sysctl", "-q", "-w", f"net.ipv6.conf.{lab.interface}.disable_ipv6=1"]
+    sysctl = ["sysctl", "-q", "-w", f"net.ipv6.conf.{lab.interface}.{setting}=1"]
     subprocess.run(lab.server_argv(sysctl), check=True, timeout=10)
     appliance = start_appliance(DHCP_ONLY)  # start() waits for "ready: serving"
-    assert "ra: IPv6 is disabled on eth1" in appliance.log(since_start=True)
-    assert solicit(client, wait=4.0) is None
+    assert message in appliance.log(since_start=True)
+    ra = solicit(client, wait=4.0)
+    # Linux sends no RAs of its own (that is radvd's job), so silence means we sent none.
+    assert ra is None, ra
