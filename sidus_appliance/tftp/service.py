@@ -153,9 +153,16 @@ class _Transfer:
                     send(out[0])  # lock-step: the hot path, straight to the socket
                 elif out:
                     send_packets(self, out)
-                if out and waiting != session.interval:  # progress after a timeout: back to normal
-                    waiting = session.interval
-                    _set_receive_timeout(sock, waiting)
+                if out:
+                    if waiting != session.interval:  # progress after a timeout: back to normal
+                        waiting = session.interval
+                        _set_receive_timeout(sock, waiting)
+                elif not session.done:
+                    # A duplicate ACK (a client whose DATA was lost repeats its last ACK): the
+                    # next recv must still end at the deadline, not a whole timeout from now, or
+                    # a client repeating faster than our timeout never gets the block again.
+                    waiting = -1.0  # not the interval: the next progress restores it
+                    _set_receive_timeout(sock, session.deadline - now())
         except ConnectionRefusedError:  # ICMP port unreachable: the client went away
             outcome = "client unreachable"
         except OSError as exc:

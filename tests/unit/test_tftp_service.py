@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -344,3 +345,31 @@ def test_new_request_from_the_same_port_ends_the_old_transfer(server, caplog):
         assert "f stopped after" in caplog.text and "cancelled" in caplog.text
         assert "timed out" not in caplog.text
         assert not service.transfers and (service.pump is None or not service.pump.table)
+
+
+def test_lost_data_resent_while_the_client_repeats_its_ack(server):
+    """Block 2 "lost": the client repeats ACK 1 faster than our timeout (0.2 s here). Each
+    duplicate must not restart the wait for the retransmission (the dedicated threads used to
+    recv for a whole timeout again after each one: block 2 never came back)."""
+    port, root, _ = server
+    (root / "f").write_bytes(b"a" * 512 + b"b" * 512 + b"c" * 10)
+    s = client()
+    s.sendto(rrq("f"), ("127.0.0.1", port))
+    data, addr = s.recvfrom(1000)
+    assert data[:4] == b"\x00\x03\x00\x01"
+    s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+    data, _ = s.recvfrom(1000)
+    assert data[:4] == b"\x00\x03\x00\x02"  # "lost"
+    s.settimeout(0.1)
+    again = None
+    for _ in range(10):  # 1 s of duplicate ACKs every 0.1 s
+        s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+        with contextlib.suppress(TimeoutError):
+            again, _ = s.recvfrom(1000)
+            break
+    assert again == data
+    s.settimeout(3)
+    s.sendto(struct.pack("!HH", p.ACK, 2), addr)
+    data, _ = s.recvfrom(1000)
+    assert data == b"\x00\x03\x00\x03" + b"c" * 10
+    s.sendto(struct.pack("!HH", p.ACK, 3), addr)
