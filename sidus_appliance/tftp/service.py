@@ -8,10 +8,14 @@ to the client so the kernel drops strangers ("unknown TID" for free). Lock-step 
 bound by the round-trip time per block, and bench/tftp.py measured the Session pumped from
 asyncio's loop (add_reader callbacks) at about half of tftpd-hpa, so the datagrams move off
 the loop:
-- the first DEDICATED_THREADS transfers each get a thread in blocking recv/send (fewest
-  syscalls and wake-ups per block; retransmission deadlines via SO_RCVTIMEO);
-- the others share one thread on its own epoll set (many threads contending for the GIL cost
-  more than they save: bench, 20 clients).
+- they share one thread on its own epoll set (many threads contending for the GIL cost more
+  than they save: bench, 20 clients);
+- optionally the first DEDICATED_THREADS transfers each get a thread in blocking recv/send
+  (retransmission deadlines via SO_RCVTIMEO). Off by default: one client went no faster on
+  its own thread than on the pump (bench/tftp.py, curl, blksize 1468: 26.8 MiB/s with two
+  threads, 29.1 with none; 512: 9.4 and 9.2), while in the classroom storm the two busy
+  threads' GIL contention cost 20-30 % (bench/storm.py: N=10 2.6-3.1 s with them, 2.1 s
+  without; N=50 10.9-13.2 s, 9.8 s).
 Threads blocked in a syscall release the GIL, so the loop (DHCP, DNS) stays responsive.
 File data is read with ``os.pread`` (see tree.py for why not mmap).
 """
@@ -39,7 +43,7 @@ from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
-DEDICATED_THREADS = 2  # see the module docstring; SIDUS_TFTP_THREADS overrides (bench experiments)
+DEDICATED_THREADS = 0  # see the module docstring; SIDUS_TFTP_THREADS overrides (bench experiments)
 RECV_SIZE = 1024  # clients send ACKs (4 bytes) and ERRORs; a 64 KiB buffer per recv costs more
 TICK = 0.05  # seconds between retransmission checks of the pump thread
 RECHECK = 0.02  # seconds: a same-client RRQ waits this long for the old transfer to end
