@@ -49,6 +49,28 @@ TICK = 0.05  # seconds between retransmission checks of the pump thread
 RECHECK = 0.02  # seconds: a same-client RRQ waits this long for the old transfer to end
 
 
+READ_AHEAD = 64 * 1024  # bytes per pread of a file being sent (see read_ahead)
+
+
+def read_ahead(read: protocol.Reader, size: int, chunk: int = READ_AHEAD) -> protocol.Reader:
+    """Serve a transfer's block reads from chunk-sized ones: one pread per ~46 blocks of 1408.
+
+    Lock-step blocks are read in order, and a pread per block was a third of the syscalls
+    per block (recv, pread, send) on a pump that is bound to one core in a storm. A block
+    before the chunk (a retransmitted window) or past it reads a new chunk from there."""
+    start, buf = 0, b""
+
+    def reader(offset: int, length: int) -> bytes:
+        nonlocal start, buf
+        rel = offset - start
+        if rel < 0 or (rel + length > len(buf) and start + len(buf) < size):
+            buf = read(offset, max(chunk, length))
+            start, rel = offset, 0
+        return buf[rel:rel + length]
+
+    return reader
+
+
 def interface_mtu(interface: str) -> int:
     try:
         return int(Path(f"/sys/class/net/{interface}/mtu").read_text())
@@ -396,7 +418,8 @@ class TftpService:
             self._error(addr, protocol.ERR_UNDEFINED, "server error")
             return
         negotiated = protocol.negotiate(request.options, self.limits, resolved.size)
-        session = protocol.Session(resolved.read, resolved.size, negotiated, self.limits)
+        read = read_ahead(resolved.read, resolved.size) if resolved.size > READ_AHEAD else resolved.read
+        session = protocol.Session(read, resolved.size, negotiated, self.limits)
         transfer = _Transfer(sock, addr, raw, resolved, session, time.monotonic())
         self.transfers[addr] = transfer
         self.log.debug("tftp: %s:%d: %s %s (%d bytes) options %s", addr[0], addr[1], resolved.kind,

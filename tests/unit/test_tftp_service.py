@@ -373,3 +373,23 @@ def test_lost_data_resent_while_the_client_repeats_its_ack(server):
     data, _ = s.recvfrom(1000)
     assert data == b"\x00\x03\x00\x03" + b"c" * 10
     s.sendto(struct.pack("!HH", p.ACK, 3), addr)
+
+
+def test_read_ahead_serves_any_block_order():
+    from sidus_appliance.tftp.service import read_ahead
+
+    content = os.urandom(100_000 + 3)
+    calls = []
+
+    def pread(offset: int, length: int) -> bytes:
+        calls.append(offset)
+        return content[offset:offset + length]
+
+    read = read_ahead(pread, len(content), chunk=10_000)
+    for n in range(0, len(content) // 1408 + 1):  # in order, then the last (short or empty) block
+        assert read(n * 1408, 1408) == content[n * 1408:(n + 1) * 1408]
+    assert len(calls) <= 12  # ~one pread per chunk, not one per block (72)
+    rng = __import__("random").Random(5)
+    for _ in range(500):  # retransmitted windows, big blocks, reads past the end
+        offset, length = rng.randrange(0, len(content) + 5000), rng.choice((512, 1408, 8192, 65464))
+        assert read(offset, length) == content[offset:offset + length]
