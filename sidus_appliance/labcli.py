@@ -209,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 _table(header, boots)
             appliance.stop()
             print()
-            print("appliance log (one line per DHCP decision and TFTP transfer):")
+            print("appliance log (DHCP decisions, TFTP transfers, IPv6 RAs):")
             for line in appliance.log().splitlines():
                 if (" dhcp: " in line and ("ACK" in line or "NAK" in line)) or " sent " in line:
                     print("   ", line.split(": ", 1)[-1])
