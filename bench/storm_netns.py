@@ -10,13 +10,14 @@ deletes the namespaces on every exit path, after ending the processes started th
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+from sidus_appliance.lab import end_process
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -44,13 +45,7 @@ class Netns:
         return proc
 
     def stop(self, proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_process(proc, grace)
 
     def bridge(self, name: str, cidr: str) -> None:
         self.run("ip", "link", "add", name, "type", "bridge")

@@ -159,6 +159,18 @@ class Lab:
         self._namespaces.append(name)
 
 
+def end_process(process: subprocess.Popen[Any], grace: float = 3.0) -> None:
+    """End a process we started, by PID: SIGTERM, then SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _link_up(ns: NetNS, ifname: str) -> None:
     ns.link("set", index=ns.link_lookup(ifname=ifname)[0], state="up")
 

@@ -27,7 +27,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from .lab import end_process
 
 Firmware = Literal["bios", "uefi", "uefi-native"]
 FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-native")
@@ -280,7 +281,7 @@ def kvm_usable(kernel: Path | None = None, timeout: float = 8.0) -> bool:
                     break
                 time.sleep(0.1)
         finally:
-            _stop(proc)
+            end_process(proc)
     return _kvm_usable
 
 
@@ -340,18 +341,6 @@ def is_master_cmdline(cmdline: str) -> bool:
     return "rw" in words or any(w.startswith("root=") and re.search(r"[:,]rw(,|$)", w) for w in words)
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-    """End a process we started: SIGTERM, then SIGKILL (by PID only)."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run_once(
     firmware: Firmware,
     mac: str,
@@ -408,7 +397,7 @@ def run_once(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
     finally:
-        _stop(proc)
+        end_process(proc)
         stderr.close()
     text = log.read_text(errors="replace") if log.exists() else ""
     ok = marker is not None and marker.ip is not None
