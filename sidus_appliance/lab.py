@@ -29,6 +29,7 @@ from pyroute2 import NetNS, netns
 log = logging.getLogger("sidus.lab")
 
 PREFIX = "sidus"
+BRIDGE_MAC = "02:53:49:44:55:fe"  # locally administered, fixed for the lab's whole life
 _counter = itertools.count(1)
 
 
@@ -88,6 +89,10 @@ class Lab:
             # Forward-delay 0: ports forward at once, as a PXE client will not wait 15 s.
             index = ns.link_lookup(ifname=self.interface)[0]
             ns.link("set", index=index, kind="bridge", br_forward_delay=0)
+            # A fixed MAC: otherwise the bridge takes the lowest MAC of its ports, so plugging in
+            # a client can change the appliance's MAC under the ARP caches of the other clients
+            # (their packets to 10.20.17.254 then vanish until the entry goes stale).
+            ns.link("set", index=index, address=BRIDGE_MAC)
             ns.addr("add", index=index, address=str(self.address.ip), prefixlen=self.address.network.prefixlen)
             ns.link("set", index=index, state="up")
         log.info("lab %s: bridge %s %s", self.server_ns, self.interface, self.address)
