@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,23 @@ from sidus_appliance.lab import ApplianceProcess, ClientPort, Lab, write_lab_con
 StartAppliance = Callable[..., ApplianceProcess]
 
 
+def require(what: str, *, root: bool = True, tools: Iterable[str] = (), ok: bool = True) -> None:
+    """Fail (never skip) when the machine lacks what a test exercises: `make test` installs
+    everything, so a missing tool is a broken setup that must not pass as a skipped test.
+    `tools` are command names or absolute paths; `ok=False` is any other missing condition."""
+    missing = [t for t in tools if not (os.path.exists(t) if t.startswith("/") else shutil.which(t))]
+    if root and os.geteuid() != 0:
+        missing.insert(0, "root")
+    if not ok:
+        missing.append("a required kernel or package feature")
+    if missing:
+        pytest.fail(f"{what} needs {', '.join(missing)}: run `make test` as root (it installs the packages)")
+
+
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     """A server namespace with bridge eth1 = 10.20.17.254/24; removed even when the test fails."""
-    if os.geteuid() != 0:
-        pytest.fail("integration tests need root (network namespaces, port 67); run `make test` as root")
+    require("the lab (network namespaces, port 67)")
     with Lab() as the_lab:
         yield the_lab
 

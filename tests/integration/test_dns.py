@@ -24,6 +24,8 @@ import pytest
 
 from sidus_appliance.lab import ApplianceProcess, ClientPort, Lab, run_udhcpc, write_lab_config
 
+from ..conftest import require
+
 pytestmark = pytest.mark.integration
 
 SERVER = "10.20.17.254"
@@ -70,10 +72,7 @@ class DnsLab:
 
 @pytest.fixture(scope="module")
 def dns_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsLab]:
-    import os
-
-    if os.geteuid() != 0:
-        pytest.fail("integration tests need root (network namespaces); run `make test` as root")
+    require("the DNS lab (network namespaces)")
     workdir = tmp_path_factory.mktemp("dns")
     with Lab() as lab:
         inside = lab.add_client(address="10.20.17.5/24")

@@ -19,6 +19,7 @@ from sidus_appliance import image, nfs
 from sidus_appliance.config import parse_config
 from sidus_appliance.image import chrootenv
 
+from ..conftest import require
 from .test_nfs_ganesha import NEEDED, SERVER, Pair, url
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -47,10 +48,7 @@ nfs:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (debootstrap, chroot, mount namespaces)")
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
+    require("the image build (debootstrap, chroot, mount namespaces)", tools=("debootstrap",))
     tmp = Path(tmp_path_factory.mktemp("image", numbered=True))
     config = config_for(tmp)
     said: list[str] = []
@@ -106,8 +104,7 @@ def test_list_shows_the_instance(built) -> None:
 
 def test_the_built_root_is_served_over_nfs(built) -> None:
     config, result, _ = built
-    if os.geteuid() != 0 or any(shutil.which(b) is None for b in NEEDED):
-        pytest.skip("needs the ganesha test tools")
+    require("serving the built root over NFS", tools=NEEDED)
     kernel = f"/boot/vmlinuz-{result.kernels[-1]}"
     with Pair() as pair:
         try:
@@ -202,9 +199,7 @@ def test_pxe_client_boots_the_shared_root(built, lab, start_appliance, tmp_path:
     from sidus_appliance import qemu
     from sidus_appliance.config import load_config
 
-    missing = [p for p in (qemu.QEMU, *LOADERS.values()) if not (Path(p).exists() or shutil.which(p))]
-    if missing or any(shutil.which(b) is None for b in NEEDED):
-        pytest.skip(f"missing for the end-to-end boot: {' '.join(missing) or 'ganesha tools'}")
+    require("the end-to-end boot", tools=(qemu.QEMU, *map(str, LOADERS.values()), *NEEDED))
     _config, result, _ = built
     root = result.root
     install_probe(root)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import pytest
 
 from sidus_appliance import nfs
 from sidus_appliance.config import parse_config
+
+from ..conftest import require
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +68,7 @@ class Pair:
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    missing = [b for b in NEEDED if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"missing {' '.join(missing)} (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind "
-                    "nfs-common libnfs-utils)")
+    require("ganesha in a namespace (nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common libnfs-utils)", tools=NEEDED)
     with Pair() as p:
         yield p
 

@@ -8,7 +8,6 @@ against the appliance's DNS and TFTP log. TCG: ~20-45 s per boot on 2 cores.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,8 @@ import pytest
 from sidus_appliance import bootfiles, qemu, testkernel
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import ApplianceProcess, Lab, write_lab_config
+
+from ..conftest import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.qemu]
 
@@ -34,18 +35,16 @@ CASES = [
 ]
 
 
-def _missing_tools() -> list[str]:
-    needed = [qemu.QEMU, "dpkg-deb", "apt-get", "dig", str(testkernel.BUSYBOX)]
-    needed += ["/usr/lib/ipxe/qemu/pxe-e1000.rom", "/usr/lib/ipxe/qemu/efi-e1000.rom", "/usr/share/OVMF"]
-    return [t for t in needed if not (Path(t).exists() if t.startswith("/") else shutil.which(t))]
+QEMU_TOOLS = (
+    qemu.QEMU, "dpkg-deb", "apt-get", "dig", str(testkernel.BUSYBOX),
+    "/usr/lib/ipxe/qemu/pxe-e1000.rom", "/usr/lib/ipxe/qemu/efi-e1000.rom", "/usr/share/OVMF",
+)
 
 
 @pytest.fixture(scope="module")
 def test_kernel() -> testkernel.TestKernel:
     """The Debian kernel + marker initramfs, built once (cached under /var/cache/sidus-appliance)."""
-    missing = _missing_tools()
-    if missing:
-        pytest.fail(f"missing for the QEMU boots (see README: make deps): {', '.join(missing)}")
+    require("the QEMU boots", root=False, tools=QEMU_TOOLS)
     return testkernel.build()
 
 

@@ -22,6 +22,8 @@ from sidus_appliance import bootfiles
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import ApplianceProcess, ClientPort, Lab, write_lab_config
 
+from ..conftest import require
+
 pytestmark = pytest.mark.integration
 
 SERVER = "10.20.17.254"
@@ -43,8 +45,7 @@ class TftpLab:
 
 @pytest.fixture(scope="module")
 def tftp_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TftpLab]:
-    if os.geteuid() != 0:
-        pytest.fail("integration tests need root (network namespaces); run `make test` as root")
+    require("the TFTP lab (network namespaces)")
     workdir = tmp_path_factory.mktemp("tftp")
     boot = workdir / "nfsroot" / "bookworm" / "boot"
     boot.mkdir(parents=True)

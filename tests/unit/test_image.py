@@ -16,6 +16,8 @@ from sidus_appliance.image import chrootenv as ch
 from sidus_appliance.image import instances as inst
 from sidus_appliance.image.profiles import packages
 
+from ..conftest import require
+
 CONFIG = """
 interface: eth1
 address: 10.20.17.254/24
@@ -232,11 +234,10 @@ def test_kernels_and_list(config) -> None:
 
 @pytest.fixture
 def busybox_root(tmp_path: Path) -> Path:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare")
+    require("a real chroot (unshare, busybox-static)", tools=("unshare", "busybox"))
     busybox = shutil.which("busybox")
-    if busybox is None or not _static_hint(busybox):
-        pytest.skip("needs busybox-static")
+    assert busybox is not None
+    require("a real chroot (busybox-static)", root=False, ok=bool(_static_hint(busybox)))
     root = tmp_path / "root"
     for d in ("bin", "proc", "sys", "dev", "etc", "usr/sbin", "var/cache/apt/archives"):
         (root / d).mkdir(parents=True)

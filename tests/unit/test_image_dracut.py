@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from ..conftest import require
 
 MODULE = Path(__file__).resolve().parents[2] / "nfs" / "dracut" / "90sidus"
 OVERLAY = MODULE / "sidus-overlay.sh"
@@ -38,8 +39,8 @@ def test_syntax(shell: str, name: str) -> None:
     subprocess.run([shell, "-n", str(MODULE / name)], check=True)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
 def test_shellcheck() -> None:
+    require("shellcheck", root=False, tools=("shellcheck",))
     subprocess.run(["shellcheck", "-s", "bash", str(MODULE / "module-setup.sh")], check=True)
     subprocess.run(["shellcheck", "-s", "sh", str(OVERLAY), str(DHCLIENT)], check=True)
 
@@ -115,11 +116,10 @@ def test_unknown_mode_is_ignored(tmp_path: Path) -> None:
     assert calls == [] and "unknown mode" in out
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
 def test_real_overlay_over_a_read_only_root(tmp_path: Path) -> None:
     """Real mounts in a private mount namespace: a read-only 'NFS root' becomes writable in RAM."""
-    if "overlay" not in Path("/proc/filesystems").read_text():
-        pytest.skip("kernel without overlayfs")
+    require("real overlay mounts (unshare, overlayfs)", tools=("unshare",),
+            ok="overlay" in Path("/proc/filesystems").read_text())
     server = tmp_path / "server-root"
     (server / "etc").mkdir(parents=True)
     (server / "etc" / "motd").write_text("shared\n")

@@ -10,6 +10,8 @@ import pytest
 
 from sidus_appliance import qemu, testkernel
 
+from ..conftest import require
+
 # Excerpts of real serial logs from the lab (SeaBIOS+iPXE, OVMF+iPXE, OVMF native PXE).
 BIOS_LOG = (
     "\x1b[2JSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n"
@@ -83,12 +85,10 @@ def test_master_menu_detection() -> None:
     [("bios", "e1000", "pxe-e1000.rom"), ("uefi", "e1000", "efi-e1000.rom"), ("uefi-native", "virtio-net-pci", "")],
 )
 def test_command_line(firmware: qemu.Firmware, nic: str, rom: str, tmp_path: Path) -> None:
-    if firmware != "uefi-native" and not any((d / rom).exists() for d in qemu.IPXE_ROM_DIRS):
-        pytest.skip("ipxe-qemu not installed")
-    if firmware != "bios" and not any(c.exists() for c, _ in qemu.OVMF_PAIRS) and not any(
-        p.exists() for p in qemu.OVMF_COMBINED
-    ):
-        pytest.skip("ovmf not installed")
+    ipxe = any((d / rom).exists() for d in qemu.IPXE_ROM_DIRS)
+    require("ipxe-qemu", root=False, ok=firmware == "uefi-native" or ipxe)
+    ovmf = any(c.exists() for c, _ in qemu.OVMF_PAIRS) or any(p.exists() for p in qemu.OVMF_COMBINED)
+    require("ovmf", root=False, ok=firmware == "bios" or ovmf)
     argv = qemu.build_command(firmware, "52:54:00:00:17:01", "tap0", tmp_path / "s.log", tmp_path, "tcg")
     joined = " ".join(argv)
     assert "-no-reboot" in argv and "tap,id=n0,ifname=tap0,script=no,downscript=no" in joined
