@@ -149,12 +149,22 @@ class Lab:
         return client
 
     def add_tap(self) -> str:
-        """A tap port on the bridge, for a QEMU guest started in the server namespace."""
-        name = f"tap{len(self.taps)}"
+        """A tap port on the bridge, for a QEMU guest started in the server namespace.
+
+        The name is the first free `tapN` in the namespace, so that several processes (`lab
+        boot` against a lab that `lab up` made) can add ports to the same bridge."""
+        with NetNS(self.server_ns) as ns:
+            taken = {link.get_attr("IFLA_IFNAME") for link in ns.get_links()}
+        name = next(f"tap{n}" for n in itertools.count() if f"tap{n}" not in taken)
         subprocess.run(self.server_argv(["ip", "tuntap", "add", "dev", name, "mode", "tap"]), check=True)
         subprocess.run(self.server_argv(["ip", "link", "set", name, "master", self.interface, "up"]), check=True)
         self.taps.append(name)
         return name
+
+    def remove_tap(self, name: str) -> None:
+        subprocess.run(self.server_argv(["ip", "link", "del", name]), check=False, capture_output=True)
+        if name in self.taps:
+            self.taps.remove(name)
 
     def server_argv(self, command: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.server_ns, *command]

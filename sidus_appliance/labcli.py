@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -124,26 +123,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_tap(server_ns: str) -> str:
-    links = subprocess.run(
-        ["ip", "netns", "exec", server_ns, "ip", "-o", "link"], capture_output=True, text=True
-    ).stdout
-    n = 0
-    while f" tap{n}:" in links or f" tap{n}@" in links:
-        n += 1
-    return f"tap{n}"
-
-
 def _boot_one(the_lab: Lab, firmware: qemu.Firmware, mac: str, workdir: Path, kernel: Path) -> qemu.BootResult:
     """One QEMU client on a fresh tap port of the lab bridge, booted to its marker line."""
-    tap = _free_tap(the_lab.server_ns)
-    subprocess.run(the_lab.server_argv(["ip", "tuntap", "add", "dev", tap, "mode", "tap"]), check=True)
+    tap = the_lab.add_tap()
     try:
-        subprocess.run(the_lab.server_argv(["ip", "link", "set", tap, "master", the_lab.interface, "up"]), check=True)
         return qemu.boot(firmware, mac, tap, workdir / f"qemu-{firmware}-{mac.replace(':', '')}",
                          the_lab.server_ns, timeout=BOOT_TIMEOUT, kernel=kernel)  # fmt: skip
     finally:
-        subprocess.run(the_lab.server_argv(["ip", "link", "del", tap]), check=False, capture_output=True)
+        the_lab.remove_tap(tap)
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
