@@ -6,7 +6,6 @@ file and line, so an administrator can fix a config without reading our source.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -178,10 +177,7 @@ class Config:
         return ".".join(reversed(octets)) + ".in-addr.arpa"
 
     def host_by_mac(self, mac: str) -> Host | None:
-        return self._hosts_by_mac().get(mac)
-
-    def _hosts_by_mac(self) -> dict[str, Host]:
-        return {h.mac: h for h in self.hosts}
+        return next((h for h in self.hosts if h.mac == mac), None)
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **changes)
@@ -647,10 +643,3 @@ def describe(config: Config) -> str:
         lines.append(f"instance:    {inst.name} root {inst.root} modes {','.join(inst.modes)}")
     return "\n".join(lines)
 
-
-def ip_in(networks: tuple[IPv4Network, ...], address: str) -> bool:
-    try:
-        ip = ipaddress.IPv4Address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
