@@ -85,6 +85,11 @@ class DhcpConfig:
     # iPXE waits ~20 s for an IPv6 router unless one answers its Router Solicitation: answer
     # with a bare RA (lifetime 0: not a default router, no prefixes), only when solicited.
     ipv6_ra_quench: bool = True
+    # An ACK leaves only once its journal record is fsynced (group commit per burst); off, a
+    # SIGKILL still loses nothing but a power cut may lose the last acknowledged leases.
+    fsync: bool = True
+    # Addresses one MAC may hold in DECLINE quarantine at once; more DECLINEs are ignored.
+    max_quarantine_per_client: int = 2
 
     def boot_file_for(self, arch: int | None) -> str:
         if arch is None:
@@ -111,6 +116,9 @@ class DnsConfig:
     transfer_allowed: tuple[IPv4Network, ...] = ()  # AXFR; empty: nobody
     forward_timeout: float = 2.0
     records: tuple[DnsRecord, ...] = ()
+    tcp_max_connections: int = 128  # TCP clients at once, all sources together
+    tcp_max_per_client: int = 8  # TCP connections one source address may hold
+    tcp_idle_timeout: float = 10.0  # seconds a TCP client may stay silent or take to send a query
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,7 @@ class TftpConfig:
     max_blksize: int = 0  # 0: the interface MTU minus IP/UDP/TFTP headers
     max_windowsize: int = 64
     max_transfers: int = 1000
+    max_transfers_per_client: int = 8  # transfers one client address may run at once
     timeout: float = 1.0  # first retransmission; doubles per retry
     retries: int = 5
 
@@ -397,7 +406,7 @@ def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
         value,
         p,
         {"enabled", "port", "pool", "lease_time", "boot_files", "default_boot_file"}
-        | {"ipxe_no_pxedhcp", "ipv6_ra_quench"},
+        | {"ipxe_no_pxedhcp", "ipv6_ra_quench", "fsync", "max_quarantine_per_client"},
     )
     pool = None
     if d.get("pool") is not None:
@@ -436,6 +445,10 @@ def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
         default_boot_file=r.text(d.get("default_boot_file", DEFAULT_BOOT_FILE), p + ("default_boot_file",)),
         ipxe_no_pxedhcp=r.boolean(d.get("ipxe_no_pxedhcp", True), p + ("ipxe_no_pxedhcp",)),
         ipv6_ra_quench=r.boolean(d.get("ipv6_ra_quench", True), p + ("ipv6_ra_quench",)),
+        fsync=r.boolean(d.get("fsync", True), p + ("fsync",)),
+        max_quarantine_per_client=r.integer(
+            d.get("max_quarantine_per_client", 2), p + ("max_quarantine_per_client",), 0, 1024
+        ),
     )
 
 
@@ -494,6 +507,9 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
             "transfer_allowed",
             "forward_timeout",
             "records",
+            "tcp_max_connections",
+            "tcp_max_per_client",
+            "tcp_idle_timeout",
         },
     )
     upstream = []
@@ -534,13 +550,19 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
         transfer_allowed=r.networks(d.get("transfer_allowed"), p + ("transfer_allowed",)),
         forward_timeout=r.number(d.get("forward_timeout", 2.0), p + ("forward_timeout",), 0.1, 60),
         records=tuple(records),
+        tcp_max_connections=r.integer(d.get("tcp_max_connections", 128), p + ("tcp_max_connections",), 1, 65536),
+        tcp_max_per_client=r.integer(d.get("tcp_max_per_client", 8), p + ("tcp_max_per_client",), 1, 65536),
+        tcp_idle_timeout=r.number(d.get("tcp_idle_timeout", 10.0), p + ("tcp_idle_timeout",), 0.5, 300),
     )
 
 
 def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
     p = ("tftp",)
     d = r.mapping(
-        value, p, {"enabled", "port", "root", "max_blksize", "max_windowsize", "max_transfers", "timeout", "retries"}
+        value,
+        p,
+        {"enabled", "port", "root", "max_blksize", "max_windowsize", "max_transfers", "max_transfers_per_client"}
+        | {"timeout", "retries"},
     )
     return TftpConfig(
         enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
@@ -549,6 +571,9 @@ def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
         max_blksize=r.integer(d.get("max_blksize", 0), p + ("max_blksize",), 0, 65464),
         max_windowsize=r.integer(d.get("max_windowsize", 64), p + ("max_windowsize",), 1, 64),
         max_transfers=r.integer(d.get("max_transfers", 1000), p + ("max_transfers",), 1, 100000),
+        max_transfers_per_client=r.integer(
+            d.get("max_transfers_per_client", 8), p + ("max_transfers_per_client",), 1, 100000
+        ),
         timeout=r.number(d.get("timeout", 1.0), p + ("timeout",), 0.05, 255),
         retries=r.integer(d.get("retries", 5), p + ("retries",), 0, 100),
     )
