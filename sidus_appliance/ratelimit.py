@@ -64,3 +64,33 @@ class RateLimitedLog:
 
     def error(self, key: Hashable, msg: str, *args: object) -> bool:
         return self.log_line(key, logging.ERROR, msg, *args)
+
+
+class LineBudget:
+    """A token bucket for routine per-packet log lines: `rate` lines a second, bursts of `burst`.
+
+    A classroom's boot storm (hundreds of machines, a few lines each) fits in the burst; a flood
+    of crafted packets from random addresses does not, and its lines are counted instead of
+    written. `allow()` returns None when over budget, else how many lines were dropped since the
+    last allowed one (to be reported with it)."""
+
+    def __init__(self, rate: float = 100.0, burst: float = 2000.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = burst
+        self._stamp = clock()
+        self._dropped = 0
+        self.dropped_total = 0
+
+    def allow(self) -> int | None:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            self._dropped += 1
+            self.dropped_total += 1
+            return None
+        self._tokens -= 1.0
+        dropped, self._dropped = self._dropped, 0
+        return dropped

@@ -1,13 +1,24 @@
 """The lease table: in memory for lookups, an append-only JSON-lines journal for durability.
 
 Why a journal: dnsmasq rewrites its whole lease file on every change and saturates near 380
-DORA/s. Here a commit is one `os.write` of one line to an O_APPEND descriptor; once `write`
-returns, the bytes are in the kernel's page cache, so a SIGKILL of the process right after
-cannot lose them (a power cut can, unless `fsync=True`). The journal is compacted (atomic
-rewrite: temp file, fsync, rename, fsync of the directory) once it has grown past a few times
-the live table, so its size stays proportional to the number of leases.
+DORA/s. Here a commit is one line appended to an O_APPEND descriptor; once `write` returns, the
+bytes are in the kernel's page cache, so a SIGKILL of the process right after cannot lose them
+(a power cut can, unless `fsync=True`: then `fdatasync` before anything is acknowledged). The
+journal is compacted (atomic rewrite: temp file, fsync, rename, fsync of the directory) once it
+has grown past a few times the live table, so its size stays proportional to the number of leases.
 
-Journal lines: {"mac", "ip", "host", "exp", "state", "chost"} sets a lease, {"mac", "del": 1}
+Group commit (the DHCP service): with `autoflush=False` a change updates the table at once (the
+next packet must see it) but its journal line waits in `pending`; `write_pending()` appends a
+whole burst in one write and `sync()` makes it durable, and only then are replies sent. Every
+change since the last durable point is kept in an undo log: if a write or fsync fails, the
+table is rolled back to what is on disk (`rollback()`), so no reply promises a lease that a
+restart would not find.
+
+A failed or partial write (full disk, EIO) never corrupts the next one: the file is truncated
+back to its last complete line before anything else is appended; while that truncation fails,
+nothing is appended at all.
+
+Journal lines: {"mac", "ip", "host", "exp", "state", "chost", "by"} sets a lease, {"mac", "del": 1}
 removes one. "offered" leases live in memory only (they expire within a minute); "bound" and
 "declined" ones are journalled. A torn last line (killed mid-write) is ignored and cut off, so
 the next append starts on a clean line.
@@ -46,6 +57,7 @@ class Lease:
     expires: float | None  # epoch seconds; None = infinite
     state: str  # "offered" | "bound" | "declined"
     client_hostname: str | None = None  # option 12 as the client sent it
+    declined_by: str | None = None  # quarantined address: the MAC whose DECLINE put it there
 
     @property
     def persisted(self) -> bool:
@@ -64,9 +76,10 @@ def _to_line(lease: Lease) -> bytes:
     string through json's own escaper, so a hostile client hostname cannot break a line."""
     expires = "null" if lease.expires is None else repr(float(lease.expires))
     chost = "" if lease.client_hostname is None else ',"chost":' + _quote(lease.client_hostname)
+    by = "" if lease.declined_by is None else ',"by":' + _quote(lease.declined_by)
     return (
         f'{{"mac":{_quote(lease.mac)},"ip":"{lease.address}","host":{_quote(lease.hostname)},'
-        f'"exp":{expires},"state":{_quote(lease.state)}{chost}}}\n'
+        f'"exp":{expires},"state":{_quote(lease.state)}{chost}{by}}}\n'
     ).encode()
 
 
@@ -82,6 +95,7 @@ def _from_record(record: dict) -> Lease:
         expires=None if expires is None else float(expires),
         state=state,
         client_hostname=record.get("chost"),
+        declined_by=record.get("by"),
     )
 
 
@@ -93,11 +107,21 @@ class LeaseStore:
         path: Path | str | None,
         *,
         fsync: bool = False,
+        autoflush: bool = True,
         compact_factor: int = 4,
         compact_min: int = 1024,
     ) -> None:
         self.path = None if path is None else Path(path)
         self.fsync = fsync
+        # True: every change is written (and fsynced) before commit/remove return. False: the
+        # caller batches with write_pending()/sync() (group commit) and rollback() on failure.
+        self.autoflush = autoflush
+        self.pending: list[bytes] = []  # journal lines not yet written
+        self._undo: list[tuple[str, Lease | None]] = []  # (mac, lease before) since the last durable point
+        self._good_size = 0  # journal size up to its last complete, written line
+        self._durable_size = 0  # ... and up to the last line known durable (synced or autoflushed)
+        self._durable_lines = 0
+        self._torn = False  # a failed write left bytes past _good_size that are not cut yet
         self.compact_factor = compact_factor
         self.compact_min = compact_min
         self.readonly = False
@@ -144,16 +168,21 @@ class LeaseStore:
         holder = self._by_address.get(lease.address)
         if holder is not None and holder.mac != lease.mac:
             raise LeaseStoreError(f"{lease.address} is leased to {holder.mac}, not {lease.mac}")
+        line = None
         if lease.persisted:
-            self._append(_to_line(lease))
+            line = _to_line(lease)
         elif old is not None and old.persisted:
-            self._append(self._del_line(lease.mac))  # the journal must not resurrect `old`
-        if old is not None and old.address != lease.address:
-            del self._by_address[old.address]
-        self._by_mac[lease.mac] = lease
-        self._by_address[lease.address] = lease
+            line = self._del_line(lease.mac)  # the journal must not resurrect `old`
+        if self.autoflush and line is not None:
+            self._append(line)
+        self._set(lease.mac, lease)
+        if not self.autoflush:
+            self._undo.append((lease.mac, old))
+            if line is not None:
+                self.pending.append(line)
         self._notify(old, lease)
-        self._maybe_compact()
+        if self.autoflush:
+            self._maybe_compact()
 
     def remove(self, mac: str) -> Lease | None:
         """Forget the lease of `mac` (RELEASE, expiry); returns it, or None if there was none."""
@@ -161,25 +190,86 @@ class LeaseStore:
         if old is None:
             return None
         if old.persisted:
-            self._append(self._del_line(mac))
-        del self._by_mac[mac]
-        del self._by_address[old.address]
+            if self.autoflush:
+                self._append(self._del_line(mac))
+            else:
+                self.pending.append(self._del_line(mac))
+        self._set(mac, None)
+        if not self.autoflush:
+            self._undo.append((mac, old))
         self._notify(old, None)
-        self._maybe_compact()
+        if self.autoflush:
+            self._maybe_compact()
         return old
+
+    # ------------------------------------------------------------------ group commit
+
+    @property
+    def durable(self) -> bool:
+        """Nothing in the table that the journal would not give back after a restart."""
+        return not self.pending and not self._undo
+
+    def write_pending(self) -> tuple[int, int, int]:
+        """Append every pending line in one write (not yet fsynced). Raises OSError on failure;
+        the caller then calls rollback(). Returns the mark to give mark_durable() once synced:
+        changes made after this call (while the fsync runs) are not covered by it."""
+        if self.pending:
+            self._append(b"".join(self.pending), count=len(self.pending))
+            self.pending.clear()
+        return len(self._undo), self._good_size, self.journal_lines
+
+    def sync(self) -> None:
+        """fdatasync the journal if `fsync` is set (safe from a worker thread: no table access)."""
+        if self.fsync and self._fd is not None and self.path is not None:
+            os.fdatasync(self._fd)
+
+    def mark_durable(self, mark: tuple[int, int, int]) -> None:
+        """What write_pending() wrote is on disk: forget its part of the undo log; compact now
+        if the journal grew and nothing else is waiting."""
+        undo_count, self._durable_size, self._durable_lines = mark
+        del self._undo[:undo_count]
+        if self.durable:
+            self._maybe_compact()
+
+    def rollback(self) -> int:
+        """Undo every change since the last durable point (a write or fsync failed): the table
+        is again what the journal holds. Cuts the journal back to its last durable size.
+        Returns how many changes were undone."""
+        undone = len(self._undo)
+        self.pending.clear()
+        self._discard_unsynced()
+        while self._undo:
+            mac, before = self._undo.pop()
+            now = self._by_mac.get(mac)
+            if before is not None:
+                holder = self._by_address.get(before.address)
+                if holder is not None and holder.mac != mac:  # cannot happen when undone in order
+                    self._set(holder.mac, None)
+            self._set(mac, before)
+            self._notify(now, before)
+        return undone
 
     def compact(self) -> None:
         """Rewrite the journal with the live persisted leases only, atomically."""
         if self.path is None or self.readonly:
             return
+        if not self.durable:
+            raise LeaseStoreError("compaction with changes not yet durable")
         lines = [_to_line(lease) for lease in self._by_mac.values() if lease.persisted]
+        data = b"".join(lines)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # never write through whatever sits there (a planted link)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
         try:
-            _write_all(fd, b"".join(lines))
+            _write_all(fd, data)
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
         os.replace(tmp, self.path)
         self._fsync_dir()
         # Appends must go to the new file: the old descriptor points at the replaced inode.
@@ -187,7 +277,9 @@ class LeaseStore:
         old_fd, self._fd = self._fd, new_fd
         if old_fd is not None:
             os.close(old_fd)
-        self.journal_lines = len(lines)
+        self.journal_lines = self._durable_lines = len(lines)
+        self._good_size = self._durable_size = len(data)
+        self._torn = False
         log.debug("leases: journal compacted to %d lines", len(lines))
 
     def close(self) -> None:
@@ -209,15 +301,53 @@ class LeaseStore:
     def _del_line(mac: str) -> bytes:
         return json.dumps({"mac": mac, "del": 1}, separators=(",", ":")).encode() + b"\n"
 
-    def _append(self, line: bytes) -> None:
+    def _set(self, mac: str, lease: Lease | None) -> None:
+        old = self._by_mac.pop(mac, None)
+        if old is not None and self._by_address.get(old.address) is old:
+            del self._by_address[old.address]
+        if lease is not None:
+            self._by_mac[mac] = lease
+            self._by_address[lease.address] = lease
+
+    def _append(self, data: bytes, count: int = 1) -> None:
+        """Append whole lines or nothing: a partial write is cut off before this raises."""
         if self.path is None:
             return
         if self._fd is None:
             raise LeaseStoreError(f"{self.path} is open read-only (another process owns it)")
-        _write_all(self._fd, line)
-        if self.fsync:
-            os.fdatasync(self._fd)
-        self.journal_lines += 1
+        if self._torn:
+            self._cut_torn()  # raises while the torn bytes cannot be removed: append nothing
+        try:
+            _write_all(self._fd, data)
+            if self.autoflush and self.fsync:
+                os.fdatasync(self._fd)
+        except OSError:
+            self._torn = True
+            with contextlib.suppress(OSError):
+                self._cut_torn()
+            raise
+        self._good_size += len(data)
+        self.journal_lines += count
+        if self.autoflush:
+            self._durable_size, self._durable_lines = self._good_size, self.journal_lines
+
+    def _cut_torn(self) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, self._good_size)
+        self._torn = False
+        log.warning("leases: cut %s back to its last complete line (%d bytes) after a failed write",
+                    self.path, self._good_size)
+
+    def _discard_unsynced(self) -> None:
+        """After a failed fsync, lines written since the last durable point are not promised:
+        cut them so that a restart cannot resurrect a lease we rolled back."""
+        if self.path is None or self._fd is None:
+            return
+        if self._durable_size < self._good_size:
+            self._good_size, self.journal_lines = self._durable_size, self._durable_lines
+            self._torn = True
+            with contextlib.suppress(OSError):
+                self._cut_torn()
 
     def _notify(self, old: Lease | None, new: Lease | None) -> None:
         for callback in self._subscribers:
@@ -252,6 +382,8 @@ class LeaseStore:
             return
         created = not self.path.exists()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._good_size = self._durable_size = os.fstat(self._fd).st_size
+        self._durable_lines = self.journal_lines
         if created:
             self._fsync_dir()
         self._maybe_compact()

@@ -1,9 +1,19 @@
 """DHCP policy core, sans-IO: bytes and the time in, reply bytes plus one decision out.
 
-No sockets, no clock, no globals: `handle(data, now)` is all the asyncio layer calls, so the
-whole protocol (RFC 2131 states, PXE/iPXE dispatch, reservations, quarantine) is unit-tested
-by feeding bytes. `now` is wall-clock epoch seconds (`time.time()`): lease expiries are
-persisted and must survive a restart.
+No sockets, no clock, no globals, no logging: `handle(data, now)` is all the asyncio layer
+calls, so the whole protocol (RFC 2131 states, PXE/iPXE dispatch, reservations, quarantine,
+fairness under a flood) is unit-tested by feeding bytes. `now` is wall-clock epoch seconds
+(`time.time()`): lease expiries are persisted and must survive a restart.
+
+The core changes the in-memory lease table (the next packet must see the change) and lists
+those changes in its `Decision`; it never writes the journal. The service persists them and
+only then sends the replies (group commit, see dhcp/service.py).
+
+Fairness, because any packet may be crafted: an offer is held briefly, and when the pool is
+tight the oldest offer (then the oldest quarantined address) is taken back first, so a flood of
+DISCOVERs from random MACs cannot keep a real client out; a client in SELECTING state that asks
+for an address merely offered to someone else gets it; one MAC can quarantine only
+`dhcp.max_quarantine_per_client` addresses by DECLINE.
 
 Leases are keyed by MAC (chaddr), not by client identifier (61): a SIDUS machine is the same
 machine for its PXE firmware, iPXE and Linux's `ip=dhcp`, which all send different client ids,
@@ -13,9 +23,8 @@ and reservations, menus and names are all per MAC.
 from __future__ import annotations
 
 import heapq
-import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from ..config import INFINITE_LEASE, Config, Host
@@ -65,9 +74,9 @@ from .codec import (
 )
 from .leases import BOUND, DECLINED, OFFERED, Lease, LeaseStore, LeaseStoreError
 
-log = logging.getLogger("sidus.dhcp")
-
-OFFER_HOLD = 60.0  # an offered address stays reserved for the client this long
+# An offered address stays reserved for the client this long (clients REQUEST within a second;
+# a flood's offers must not hold the pool for long, and a tight pool takes them back earlier).
+OFFER_HOLD = 30.0
 DECLINE_HOLD = 3600.0  # a DECLINEd address (someone else answers ARP for it) rests this long
 DECLINED_PREFIX = "declined:"  # lease key of a quarantined address: "declined:10.20.17.12"
 MAX_HOPS = 16  # RFC 1542: relays drop beyond this; so do we
@@ -92,6 +101,9 @@ class Reply:
     yiaddr: IPv4Address
 
 
+LeaseChange = tuple[Lease | None, Lease | None]  # (before, after); None: absent
+
+
 @dataclass(slots=True)
 class Decision:
     """What happened to one packet; the service logs it as one line."""
@@ -104,6 +116,10 @@ class Decision:
     boot_file: str | None = None
     client: str = "plain"  # "pxe", "ipxe" or "plain"
     reason: str = ""
+    # Lease table changes this packet made, in order: the service persists them (those in a
+    # journalled state) before any reply leaves.
+    changes: list[LeaseChange] = field(default_factory=list)
+    error: bool = False  # the core failed on this packet (a bug or the store refused): logged as an error
 
     def __str__(self) -> str:
         parts = [f"{self.message} from {self.mac} ({self.client}) -> {self.action}"]
@@ -140,7 +156,9 @@ class DhcpServer:
             DISCOVER: self._discover, REQUEST: self._request, DECLINE: self._decline,
             RELEASE: self._release, INFORM: self._inform,
         }
-        self._holds: list[tuple[float, str]] = []  # (expires, mac) of offered/declined leases
+        self._quarantined_by: Counter[str] = Counter()  # MAC → addresses it holds in quarantine
+        self._changes: list[LeaseChange] | None = None  # recording during handle()
+        self.notes: list[str] = []  # what reload() did to leases, for the service to log
         self._expiring: list[tuple[float, str]] = []  # (expires, mac) of finite bound leases
         self._returned: list[int] = []  # freed pool addresses below the cursor (min-heap)
         self._cursor = 0  # next never-offered pool address (as an int); reset by reload()
@@ -150,8 +168,10 @@ class DhcpServer:
 
     # ------------------------------------------------------------------ configuration
 
-    def reload(self, config: Config) -> None:
-        """Take a new config (SIGHUP): reservations and options change, leases stay."""
+    def reload(self, config: Config) -> list[str]:
+        """Take a new config (SIGHUP): reservations and options change, leases stay.
+
+        Returns what happened to leases (dropped, renamed), for the service to log."""
         self.config = config
         dhcp = config.dhcp
         self._pool = dhcp.pool
@@ -178,26 +198,33 @@ class DhcpServer:
         self._lease_seconds = None if lease_time == INFINITE_LEASE else float(lease_time)
         self._next_server = str(config.server_ip).encode()
         self._names: dict[IPv4Address, str] = {}  # pool name by address, memoised
-        self._reconcile()
+        return self._reconcile()
 
-    def _reconcile(self) -> None:
+    def _reconcile(self) -> list[str]:
         """Reservations win over leases; leases outside the pool go; rebuild the free lists."""
+        notes: list[str] = []
         for lease in self.leases.all():
             wanted = self._valid_name(lease)
             try:
                 if wanted is None:
-                    log.info("dhcp: dropping lease %s %s (reservation or pool changed)", lease.mac, lease.address)
+                    notes.append(f"dropping lease {lease.mac} {lease.address} (reservation or pool changed)")
                     self.leases.remove(lease.mac)
                 elif wanted != lease.hostname and lease.state == BOUND:
                     self.leases.commit(_replace_hostname(lease, wanted))
             except (OSError, LeaseStoreError) as exc:  # a reload must not die half-way on a full disk
-                log.error("dhcp: cannot update lease %s: %s", lease.mac, exc)
+                notes.append(f"cannot update lease {lease.mac}: {exc}")
         self._cursor = int(self._pool.start) if self._pool else 0
         self._returned = []
-        self._holds = []
+        self._offers: list[tuple[float, str]] = []  # (expires, mac) of offers: oldest first to reclaim
+        self._quarantine: list[tuple[float, str]] = []  # (expires, key) of quarantined addresses
         self._expiring = []
+        self._quarantined_by = Counter(
+            lease.declined_by for lease in self.leases.all() if lease.state == DECLINED and lease.declined_by
+        )
         for lease in self.leases.all():
             self._track(lease)
+        self.notes = notes
+        return notes
 
     def _valid_name(self, lease: Lease) -> str | None:
         """The name `lease` should carry under the current config, or None if it is void now."""
@@ -222,21 +249,25 @@ class DhcpServer:
             self.stats["malformed"] += 1
             mac = data[28:34].hex(":") if len(data) >= 34 else "?"  # for the debug log only
             return [], Decision(mac, "?", "DROP", reason=f"malformed: {exc}")
+        self._changes = changes = []
         try:
             replies, decision = self._dispatch(pkt, now)
-        except OSError as exc:  # journal write failed (disk full, EIO): no ACK without a durable lease
+        except (OSError, LeaseStoreError) as exc:  # journal write failed (autoflush store), or refused
             self.stats["store_errors"] += 1
-            log.error("dhcp: lease store failed for %s: %s", pkt.mac, exc)
-            replies, decision = [], Decision(pkt.mac, _name(pkt.message_type), "DROP", reason=f"lease store: {exc}")
+            replies, decision = [], Decision(pkt.mac, _name(pkt.message_type), "DROP", reason=f"lease store: {exc}",
+                                             error=True)
         except Exception as exc:  # a bug must not stop the server either
             self.stats["errors"] += 1
-            log.exception("dhcp: error handling a packet from %s", pkt.mac)
-            replies, decision = [], Decision(pkt.mac, _name(pkt.message_type), "DROP", reason=f"error: {exc}")
+            replies, decision = [], Decision(pkt.mac, _name(pkt.message_type), "DROP",
+                                             reason=f"internal error: {type(exc).__name__}: {exc}", error=True)
+        finally:
+            self._changes = None
+        decision.changes = changes
         self.stats[decision.action] += 1
         return replies, decision
 
     def _dispatch(self, pkt: DhcpPacket, now: float) -> tuple[list[Reply], Decision]:
-        if self._holds and self._holds[0][0] <= now:
+        if (self._offers and self._offers[0][0] <= now) or (self._quarantine and self._quarantine[0][0] <= now):
             self._expire_holds(now)
         mac, mtype = pkt.mac, pkt.message_type
         message = _name(mtype)
@@ -293,6 +324,8 @@ class DhcpServer:
             return self._nak(pkt, client, wanted, f"{state}: {wanted} is not on {self._subnet}")
         assigned = self._assigned(mac)
         if assigned is None:
+            if state == "selecting":
+                self._take_back_offer(wanted, mac)
             if not self._is_free(wanted):
                 return self._nak(pkt, client, wanted, f"{state}: {wanted} is not available")
             if state == "init-reboot":
@@ -322,7 +355,14 @@ class DhcpServer:
             # Cannot hand the reservation elsewhere: someone squats on it, the admin must look.
             return [], self._decision(pkt, client, "IGNORE", address, "reserved address in use by another machine")
         self.leases.remove(mac)
-        self.leases.commit(Lease(DECLINED_PREFIX + str(address), address, "", now + DECLINE_HOLD, DECLINED))
+        cap = self.config.dhcp.max_quarantine_per_client
+        if self._quarantined_by[mac] >= cap:
+            # One MAC declining offer after offer would quarantine the whole pool: past its cap
+            # the address simply goes back to the pool.
+            reason = f"declined; {cap} addresses already quarantined by this client, address freed instead"
+            return [], self._decision(pkt, client, "IGNORE", address, reason)
+        self.leases.commit(Lease(DECLINED_PREFIX + str(address), address, "", now + DECLINE_HOLD, DECLINED,
+                                 declined_by=mac))
         reason = f"declined; not handed out for {DECLINE_HOLD:.0f}s"
         return [], self._decision(pkt, client, "QUARANTINE", address, reason)
 
@@ -387,9 +427,16 @@ class DhcpServer:
         if self._pool is None:
             return None, "unknown client and no pool (reservations only)"
         address = self._lowest_free()
-        if address is None and self._reclaim_expired(now):
-            address = self._lowest_free()
         if address is None:
+            # Pool tight: take back, in this order, a long-expired lease, the oldest offer made
+            # to another client, the oldest quarantined address (ISC dhcpd reclaims abandoned
+            # leases the same way). A flood's offers must not keep a real client out.
+            for reclaim, what in ((self._reclaim_expired, "expired lease"), (self._reclaim_offer, "oldest offer"),
+                                  (self._reclaim_quarantine, "oldest quarantine")):
+                if reclaim(now, mac):
+                    address = self._lowest_free()
+                    if address is not None:
+                        return address, f"pool tight, reclaimed the {what}"
             return None, "pool exhausted"
         return address, "pool"
 
@@ -444,7 +491,15 @@ class DhcpServer:
     # ------------------------------------------------------------------ expiry
 
     def _on_lease_change(self, old: Lease | None, new: Lease | None) -> None:
-        """Keep the free list and expiry heaps in step with every store change."""
+        """Keep the free list, expiry heaps and quarantine counts in step with every store change."""
+        if self._changes is not None:
+            self._changes.append((old, new))
+        if old is not None and old.state == DECLINED and old.declined_by:
+            self._quarantined_by[old.declined_by] -= 1
+            if self._quarantined_by[old.declined_by] <= 0:
+                del self._quarantined_by[old.declined_by]
+        if new is not None and new.state == DECLINED and new.declined_by:
+            self._quarantined_by[new.declined_by] += 1
         if old is not None and (new is None or new.address != old.address):
             number = int(old.address)
             if number < self._cursor and self._pool is not None and old.address in self._pool:
@@ -462,8 +517,19 @@ class DhcpServer:
             heapq.heappush(self._expiring, (lease.expires, lease.mac))
             if len(self._expiring) > 2 * len(self.leases) + 1024:
                 self._rebuild_expiring()  # renewals leave stale entries behind; drop them
+        elif lease.state == OFFERED:
+            heapq.heappush(self._offers, (lease.expires, lease.mac))
+            if len(self._offers) > 2 * len(self.leases) + 1024:
+                self._offers = self._live_heap(OFFERED)
         else:
-            heapq.heappush(self._holds, (lease.expires, lease.mac))
+            heapq.heappush(self._quarantine, (lease.expires, lease.mac))
+            if len(self._quarantine) > 2 * len(self.leases) + 1024:
+                self._quarantine = self._live_heap(DECLINED)
+
+    def _live_heap(self, state: str) -> list[tuple[float, str]]:
+        heap = [(le.expires, le.mac) for le in self.leases.all() if le.state == state and le.expires is not None]
+        heapq.heapify(heap)
+        return heap
 
     def _rebuild_expiring(self) -> None:
         self._expiring = [(le.expires, le.mac) for le in self.leases.all() if le.state == BOUND and le.expires]
@@ -471,13 +537,47 @@ class DhcpServer:
 
     def _expire_holds(self, now: float) -> None:
         """Offers not taken up and finished quarantines give their address back."""
-        while self._holds and self._holds[0][0] <= now:
-            expires, mac = heapq.heappop(self._holds)
-            lease = self.leases.by_mac(mac)
-            if lease is not None and lease.state != BOUND and lease.expires == expires:
-                self.leases.remove(mac)
+        for heap, state in ((self._offers, OFFERED), (self._quarantine, DECLINED)):
+            while heap and heap[0][0] <= now:
+                expires, mac = heapq.heappop(heap)
+                lease = self.leases.by_mac(mac)
+                if lease is not None and lease.state == state and lease.expires == expires:
+                    self.leases.remove(mac)
 
-    def _reclaim_expired(self, now: float) -> bool:
+    def _reclaim_oldest(self, heap: list[tuple[float, str]], state: str, mac: str) -> bool:
+        """Free the address of the oldest live entry of `heap` that is not `mac`'s own."""
+        skipped = []
+        reclaimed = False
+        while heap:
+            expires, holder = heapq.heappop(heap)
+            lease = self.leases.by_mac(holder)
+            if lease is None or lease.state != state or lease.expires != expires:
+                continue  # stale entry
+            if holder == mac:
+                skipped.append((expires, holder))
+                continue
+            self.leases.remove(holder)
+            reclaimed = True
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return reclaimed
+
+    def _reclaim_offer(self, now: float, mac: str) -> bool:
+        return self._reclaim_oldest(self._offers, OFFERED, mac)
+
+    def _reclaim_quarantine(self, now: float, mac: str) -> bool:
+        return self._reclaim_oldest(self._quarantine, DECLINED, mac)
+
+    def _take_back_offer(self, address: IPv4Address, mac: str) -> None:
+        """A SELECTING client chose `address`: a mere offer of it to another client yields (that
+        offer may have been taken back from this very client when the pool was tight)."""
+        holder = self.leases.by_address(address)
+        if (holder is not None and holder.mac != mac and holder.state == OFFERED and self._pool is not None
+                and address in self._pool and address not in self._reserved and address not in self._excluded):
+            self.leases.remove(holder.mac)
+
+    def _reclaim_expired(self, now: float, mac: str = "") -> bool:
         """Pool empty: free the longest-expired bound leases (kept until needed, so a client
         coming back late still finds its address)."""
         reclaimed = False

@@ -397,9 +397,17 @@ def test_decline_quarantines_the_address(tmp_path: Path) -> None:
     h.now += 60
     taken = {h.dora(mac(n)).yiaddr for n in range(2, 5)}  # with mac(1): the whole pool but one
     assert bad not in taken
-    assert h.none(client_packet("discover", mac(6))).reason == "pool exhausted"
-    h.now = T0 + DECLINE_HOLD + 1
-    assert h.one(client_packet("discover", mac(6)))[0].yiaddr == bad
+    # Only a quarantined address is left: a tight pool takes it back rather than refuse.
+    packet, _, decision = h.one(client_packet("discover", mac(6)))
+    assert packet.yiaddr == bad and "reclaimed the oldest quarantine" in decision.reason
+
+
+def test_finished_quarantine_returns_the_address(h: Harness) -> None:
+    bad = h.dora(mac(1)).yiaddr
+    h.none(client_packet("decline", mac(1), ("server_id", SERVER), ("requested_addr", str(bad))))
+    h.now += DECLINE_HOLD + 1
+    h.send(client_packet("inform", mac(9), ciaddr="10.20.17.99"))  # any packet expires holds
+    assert h.store.by_address(bad) is None
 
 
 def test_decline_of_an_address_not_ours_is_ignored(h: Harness) -> None:
