@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ConfigError, describe, load_config, normalize_mac
+from .config import ConfigError, describe, load_config, normalize_mac, path_problems
 
 DEFAULT_CONFIG = Path("/etc/sidus-appliance/config.yaml")
 
@@ -28,7 +28,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(describe(config))
-    problems: list[str] = []
+    # `serve` refuses these too: a missing boot tree would otherwise only show as clients
+    # that never boot (each problem names file:line and key, like a parse error).
+    problems = path_problems(config)
     if args.live:
         from . import nfs
         from .runtime import StartupError, check_interface
@@ -46,13 +48,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_leases(args: argparse.Namespace) -> int:
     from .dhcp.leases import LeaseStore
-    from .runtime import LEASES_FILE
+    from .runtime import LEASES_FILE, StartupError, check_state_dir
 
     config = load_config(args.config)
     path = config.state_dir / LEASES_FILE
     if not path.exists():
         print(f"no leases yet ({path} does not exist)")
         return 0
+    try:
+        check_state_dir(config)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     store = LeaseStore(path)
     try:
         for lease in sorted(store.all(), key=lambda le: le.address):

@@ -6,7 +6,9 @@ file and line, so an administrator can fix a config without reading our source.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -174,6 +176,8 @@ class Config:
     instances: tuple[Instance, ...] = ()
     kernel_args: str = "net.ifnames=0"
     source: str = "<config>"
+    # Lines of the keys in `source`, so checks made after parsing (check_paths) can say where.
+    marks: _Marks | None = field(default=None, compare=False, repr=False)
 
     @property
     def server_ip(self) -> IPv4Address:
@@ -365,6 +369,8 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
         if address.ip not in subnet:
             raise r.fail(("address",), f"{address.ip} is not inside subnet {subnet}")
     gateway = r.ip(top.get("gateway", address.ip), ("gateway",))
+    if gateway not in subnet or gateway in (subnet.network_address, subnet.broadcast_address):
+        raise r.fail(("gateway",), f"{gateway} is outside the subnet {subnet} (clients could not reach it)")
     dns_servers = tuple(
         r.ip(v, ("dns_servers", i)) for i, v in enumerate(r.sequence(top.get("dns_servers"), ("dns_servers",)))
     )
@@ -396,6 +402,7 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
         instances=_build_instances(r, top.get("instances"), nfs),
         kernel_args=r.text(top.get("kernel_args", "net.ifnames=0"), ("kernel_args",)),
         source=source,
+        marks=r.marks,
     )
     return config
 
@@ -631,6 +638,54 @@ def _build_instances(r: _Reader, value: Any, nfs: NfsConfig) -> tuple[Instance, 
     return tuple(out)
 
 
+# --------------------------------------------------------------------------- paths on this host
+
+
+def _directory_problem(path: Path, *, follow_links: bool = True) -> str | None:
+    """Why `path` cannot serve as a directory, or None when it can."""
+    try:
+        info = os.stat(path, follow_symlinks=follow_links)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as exc:
+        return f"{path} cannot be examined ({exc.strerror})"
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path} is a symbolic link (name the real directory)"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a directory"
+    return None
+
+
+def path_problems(config: Config) -> list[str]:
+    """Directories the config names that this host lacks, each phrased like a ConfigError
+    (file:line: key: problem). Kept out of parse_config, which stays pure: a config is
+    parsed on machines (tests, an admin's laptop) where its paths do not exist."""
+    marks = config.marks or _Marks(config.source, None)
+    problems: list[str] = []
+
+    def check(key: tuple[Any, ...], path: Path, hint: str, follow_links: bool = True) -> None:
+        problem = _directory_problem(path, follow_links=follow_links)
+        if problem is not None:
+            advice = f" ({hint})" if problem.endswith("does not exist") else ""
+            problems.append(f"{marks.where(key)}: {_dotted(key)}: {problem}{advice}")
+
+    # The appliance never creates state_dir: its owner and mode are the administrator's
+    # decision (the privilege drop refuses one another user could write to).
+    check(("state_dir",), config.state_dir, "create it, owned by root", follow_links=False)
+    if config.tftp.enabled:
+        check(("tftp", "root"), config.tftp.root, "run sidus-appliance bootfiles install or create it")
+    for i, inst in enumerate(config.instances):
+        check(("instances", i, "root"), inst.root, f"build it: sidus-appliance image build {inst.name}")
+    return problems
+
+
+def check_paths(config: Config) -> None:
+    """Raise ConfigError naming every configured directory that is missing or not a directory."""
+    problems = path_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def describe(config: Config) -> str:
     """The effective settings, as `check` prints them."""
     lines = [
@@ -649,6 +704,9 @@ def describe(config: Config) -> str:
         lines.append(f"  arch {arch:<5} -> {name}")
     lines.append(f"  other      -> {d.default_boot_file}")
     lines.append(f"  ipv6 ra    -> {'bare RA (lifetime 0) to Router Solicitations' if d.ipv6_ra_quench else 'off'}")
+    journal = "fsync before each ACK" if d.fsync else "no fsync (a power cut may lose the last leases)"
+    lines.append(f"  journal    -> {journal}")
+    lines.append(f"  quarantine -> at most {d.max_quarantine_per_client} declined address(es) per client")
     for h in config.hosts:
         lines.append(f"host:        {h.name} {h.mac} {h.address} profile={h.profile}")
     n = config.dns
@@ -657,10 +715,15 @@ def describe(config: Config) -> str:
         f"recursion for {', '.join(map(str, n.recursion_allowed))}, "
         f"axfr for {', '.join(map(str, n.transfer_allowed)) or 'nobody'}"
     )
+    lines.append(
+        f"  tcp        -> {n.tcp_max_connections} connections, {n.tcp_max_per_client} per client, "
+        f"idle timeout {n.tcp_idle_timeout:g}s"
+    )
     for rec in n.records:
         lines.append(f"  record     {rec.name} {rec.type} {rec.value}")
     t = config.tftp
     lines.append(f"tftp:        {'on' if t.enabled else 'off'} port {t.port}, root {t.root}")
+    lines.append(f"  transfers  -> {t.max_transfers} at once, {t.max_transfers_per_client} per client")
     lines.append(
         f"nfs:         {config.nfs.backend}, instances in {config.nfs.instances_dir}, options {config.nfs.options}"
     )

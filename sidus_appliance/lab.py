@@ -253,7 +253,10 @@ def write_lab_config(workdir: Path, overrides: dict[str, Any] | None = None) -> 
         },
     )
     data = _merge(data, overrides or {})
-    (workdir / "tftp").mkdir(parents=True, exist_ok=True)
+    # serve refuses a config whose state_dir or boot tree is missing (it creates neither);
+    # instance roots are the test's business: one may want a missing root.
+    Path(data["state_dir"]).mkdir(parents=True, exist_ok=True)
+    Path(data["tftp"]["root"]).mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -9,18 +9,24 @@ import grp
 import logging
 import os
 import pwd
+import resource
 import signal
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from pyroute2 import IPRoute
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, check_paths, load_config
 from .dhcp.leases import LeaseStore
 
 log = logging.getLogger("sidus")
 
 LEASES_FILE = "leases.journal"
+# Every file the appliance itself creates in state_dir (the journal, its flock, the
+# compaction's temporary file): the only entries the privilege drop hands to the user.
+STATE_FILES = (LEASES_FILE, LEASES_FILE + ".lock", LEASES_FILE + ".tmp")
 
 
 class StartupError(Exception):
@@ -71,18 +77,178 @@ def build_services(config: Config, leases: LeaseStore) -> dict[str, Service]:
     return services
 
 
-def drop_privileges(user: str, state_dir: Path) -> None:
-    """Become `user` once ports are bound; the state dir stays writable for lease compaction."""
+@dataclass(frozen=True)
+class ServiceUser:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def lookup_user(name: str) -> ServiceUser:
     try:
-        entry = pwd.getpwnam(user)
+        entry = pwd.getpwnam(name)
     except KeyError:
-        raise StartupError(f"user: {user!r} does not exist on this host") from None
-    for path in [state_dir, *state_dir.iterdir()]:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    os.setgroups([g.gr_gid for g in grp.getgrall() if user in g.gr_mem])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    log.info("dropped privileges to %s (uid %d)", user, entry.pw_uid)
+        raise StartupError(f"user: {name!r} does not exist on this host") from None
+    groups = tuple(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)
+    return ServiceUser(name, entry.pw_uid, entry.pw_gid, groups)
+
+
+class StateDir:
+    """state_dir as root holds it from the first check until the privilege drop.
+
+    The service user owns state_dir between runs, so it may have planted anything there:
+    a symlink or a hard link named like our journal pointing at /etc/shadow, a FIFO that
+    would block the open. Root therefore works through one descriptor opened without
+    following links, takes the directory back (owned by root) while it checks the entries
+    and the lease store opens them, and hands over only our own files, each through an
+    O_NOFOLLOW descriptor whose type and link count were checked. Nothing else in the
+    directory is touched. (The directories above state_dir must be root's: a user who can
+    rename state_dir itself could swap it; that is the administrator's layout.)
+    """
+
+    def __init__(self, path: Path, user: ServiceUser | None) -> None:
+        self.path = path
+        self.user = user
+        # Staying as we are (root, or a developer's own uid) or dropping to `user`: the
+        # directory may belong to root or to whoever the process will run as, nobody else.
+        self.owners = {0, os.geteuid()} if user is None else {0, user.uid}
+        self.groups = {0, os.getegid()} if user is None else {0, user.gid}
+        self.fd: int | None = None
+        self._restore: tuple[int, int] | None = None  # owner to give back if we never hand over
+
+    def open(self, take: bool = True) -> StateDir:
+        """Open and check state_dir itself; with a service user and `take`, make it root's
+        until hand_over (`take=False`: a look that changes nothing, for `leases`)."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise StartupError(f"state_dir: {self.path} does not exist; create it (owned by root)") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise StartupError(f"state_dir: {self.path} is a symbolic link; refusing to follow it")
+        if not stat.S_ISDIR(info.st_mode):
+            raise StartupError(f"state_dir: {self.path} is not a directory")
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        info = os.fstat(self.fd)  # the directory we hold, whatever the path says by now
+        self._refuse_foreign_directory(info)
+        if take and self.user is not None and (info.st_uid, info.st_gid) != (0, 0):
+            # Until hand_over only root may add, rename or remove entries: what we check
+            # below stays what the lease store opens.
+            os.fchown(self.fd, 0, 0)
+            self._restore = (info.st_uid, info.st_gid)
+        return self
+
+    def _refuse_foreign_directory(self, info: os.stat_result) -> None:
+        if info.st_uid not in self.owners:
+            allowed = " or ".join(f"uid {uid}" for uid in sorted(self.owners))
+            raise StartupError(
+                f"state_dir: {self.path} is owned by uid {info.st_uid}, not {allowed}; refusing to start "
+                "(that user could plant links to files root would then write or hand over)"
+            )
+        if info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and info.st_gid not in self.groups):
+            raise StartupError(
+                f"state_dir: {self.path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}); "
+                "refusing to start"
+            )
+
+    def check_entries(self) -> None:
+        """Refuse a state_dir whose journal files are links, hard links or not regular files."""
+        for name in STATE_FILES:
+            try:
+                info = os.stat(name, dir_fd=self._fd(), follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # the lease store creates it, as root, inside the directory we hold
+            self._refuse_unsafe_entry(name, info)
+
+    def _refuse_unsafe_entry(self, name: str, info: os.stat_result) -> None:
+        path = self.path / name
+        if stat.S_ISLNK(info.st_mode):
+            raise StartupError(f"state_dir: {path} is a symbolic link; refusing to start (remove it)")
+        if not stat.S_ISREG(info.st_mode):
+            raise StartupError(f"state_dir: {path} is not a regular file; refusing to start (remove it)")
+        if info.st_nlink != 1:
+            raise StartupError(
+                f"state_dir: {path} has {info.st_nlink} hard links (it may be another file under our name); "
+                "refusing to start (remove it, or copy it to a fresh file)"
+            )
+        if info.st_uid not in self.owners:
+            raise StartupError(f"state_dir: {path} is owned by uid {info.st_uid}; refusing to start")
+
+    def hand_over(self) -> None:
+        """Give the service user our files and then the directory; nothing else in it."""
+        assert self.user is not None
+        for name in STATE_FILES:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd())
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # ELOOP: a link; only root can have put it there by now
+                raise StartupError(f"state_dir: {self.path / name} cannot be opened safely ({exc.strerror})") from None
+            try:
+                self._refuse_unsafe_entry(name, os.fstat(fd))  # the inode we are about to chown
+                os.fchown(fd, self.user.uid, self.user.gid)
+            finally:
+                os.close(fd)
+        os.fchown(self._fd(), self.user.uid, self.user.gid)
+        self._restore = None
+
+    def close(self) -> None:
+        """Release the directory; if it was never handed over, give it back its owner."""
+        if self.fd is None:
+            return
+        if self._restore is not None:
+            with contextlib.suppress(OSError):
+                os.fchown(self.fd, *self._restore)
+        os.close(self.fd)
+        self.fd = None
+
+    def _fd(self) -> int:
+        assert self.fd is not None, "StateDir.open() first"
+        return self.fd
+
+
+def check_state_dir(config: Config) -> None:
+    """What `serve` refuses in state_dir, for a command that opens the journal by its path
+    (`leases` run as root must not follow a link the service user planted there)."""
+    user = lookup_user(config.user) if config.user else None
+    state = StateDir(config.state_dir, user).open(take=False)
+    try:
+        state.check_entries()
+    finally:
+        state.close()
+
+
+def drop_privileges(user: ServiceUser) -> None:
+    """Become `user` for good (groups first: setgid/setgroups need root)."""
+    os.setgroups(list(user.groups))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    log.info("dropped privileges to %s (uid %d)", user.name, user.uid)
+
+
+def service_user(config: Config) -> ServiceUser | None:
+    """The user to drop to, or None to stay as we are; refuses what cannot work."""
+    if config.user is None:
+        return None
+    user = lookup_user(config.user)
+    if os.geteuid() != 0:
+        raise StartupError(f"user: {user.name} is set, but serve does not run as root (uid {os.geteuid()})")
+    return user
+
+
+def raise_open_files_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: each TFTP transfer and DNS TCP client holds a
+    descriptor, and the usual soft 1024 would be the first thing a flood exhausts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open files: cannot raise the limit from %d to %d (%s)", soft, target, exc)
+    log.info("open files: limit %d", soft)
+    return soft
 
 
 class Appliance:
@@ -94,15 +260,24 @@ class Appliance:
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.leases = LeaseStore(self.config.state_dir / LEASES_FILE)
+        user = service_user(self.config)
+        state = StateDir(self.config.state_dir, user).open()
+        try:
+            await self._run(state, user)
+        finally:
+            state.close()
+
+    async def _run(self, state: StateDir, user: ServiceUser | None) -> None:
+        state.check_entries()  # before root opens (and creates) the journal through its path
+        journal = self.config.state_dir / LEASES_FILE
+        self.leases = LeaseStore(journal, fsync=self.config.dhcp.fsync)
         if self.leases.readonly:
             self.leases.close()
             raise StartupError(
-                f"state_dir: {self.config.state_dir / LEASES_FILE} is locked by another running appliance; "
+                f"state_dir: {journal} is locked by another running appliance; "
                 "refusing to start a second one on the same leases"
             )
-        log.info("leases: %d loaded from %s", len(self.leases.all()), self.config.state_dir / LEASES_FILE)
+        log.info("leases: %d loaded from %s", len(self.leases.all()), journal)
         # The loaded lease table lives as long as the process: keep full collections from
         # walking it (bench/dhcp measured 120-270 ms stalls with 300k leases).
         gc.freeze()
@@ -113,8 +288,10 @@ class Appliance:
                 except OSError as exc:
                     raise StartupError(f"{name}: cannot bind: {exc}") from None
                 self.services[name] = service
-            if self.config.user:
-                drop_privileges(self.config.user, self.config.state_dir)
+            if user is not None:
+                state.hand_over()
+                drop_privileges(user)
+            state.close()
             self._install_signals()
             names = ", ".join(self.services) or "nothing"
             log.info("ready: serving %s on %s (%s)", names, self.config.interface, self.config.address)
@@ -142,6 +319,7 @@ class Appliance:
             return
         try:
             new = load_config(self.config_path)
+            check_paths(new)  # a boot tree or instance root that vanished: keep serving the old one
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
@@ -162,6 +340,8 @@ class Appliance:
 
 def serve(config_path: Path) -> int:
     config = load_config(config_path)
+    check_paths(config)  # ConfigError: the CLI names file:line and key, exits 2
+    raise_open_files_limit()
     appliance = Appliance(config, config_path)
     try:
         # Before the loop starts: pyroute2's synchronous API runs an event loop of its own.

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from sidus_appliance.config import INFINITE_LEASE, ConfigError, load_config, parse_config
+from sidus_appliance.config import (
+    INFINITE_LEASE,
+    ConfigError,
+    check_paths,
+    describe,
+    load_config,
+    parse_config,
+    path_problems,
+)
+from sidus_appliance.lab import write_lab_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 BASE = "interface: eth1\naddress: 10.20.17.254/24\ndomain: sidus.zone\n"
@@ -53,6 +62,8 @@ def test_example_is_the_seed_lab() -> None:
             BASE + "hosts:\n  - {name: m, mac: 08:00:aa:bb:cc:dd, address: 10.20.18.5}\n",
             "cfg.yaml:5: hosts[0].address: 10.20.18.5 is outside the subnet 10.20.17.0/24",
         ),
+        (BASE + "gateway: 10.20.18.1\n", "cfg.yaml:4: gateway: 10.20.18.1 is outside the subnet 10.20.17.0/24"),
+        (BASE + "gateway: 10.20.17.255\n", "cfg.yaml:4: gateway: 10.20.17.255 is outside the subnet"),
         (
             BASE + "dhcp:\n  pool: {start: 10.20.17.10, end: 10.20.17.20}\n"
             "hosts:\n  - {name: m, mac: 08:00:aa:bb:cc:dd, address: 10.20.17.15}\n",
@@ -123,9 +134,11 @@ def test_check_command_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     assert "ready" not in result.stderr
 
 
-def test_check_prints_effective_settings() -> None:
+def test_check_prints_effective_settings(tmp_path: Path) -> None:
+    # The example's settings, with its directories (state, boot tree) made under tmp_path.
+    config_path = write_lab_config(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "sidus_appliance.cli", "check", "--config", str(EXAMPLE)],
+        [sys.executable, "-m", "sidus_appliance.cli", "check", "--config", str(config_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -134,6 +147,84 @@ def test_check_prints_effective_settings() -> None:
     assert "host:        master 08:00:aa:bb:cc:dd 10.20.17.253 profile=master" in result.stdout
     assert "arch 7     -> efi64/syslinux.efi" in result.stdout
     assert "config OK" in result.stdout
+
+
+def test_check_names_the_missing_directories_of_the_example() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sidus_appliance.cli", "check", "--config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if Path("/srv/tftp").is_dir():  # a host where the appliance is installed: nothing to see here
+        return
+    assert result.returncode == 2
+    assert f"{EXAMPLE}:62: tftp.root: /srv/tftp does not exist (run sidus-appliance bootfiles install" in result.stderr
+
+
+def test_describe_shows_the_hardening_keys() -> None:
+    config = parse_config(
+        BASE + "dhcp: {fsync: false, max_quarantine_per_client: 5}\n"
+        "dns: {tcp_max_connections: 64, tcp_max_per_client: 3, tcp_idle_timeout: 2.5}\n"
+        "tftp: {max_transfers: 50, max_transfers_per_client: 4}\n"
+    )
+    text = describe(config)
+    assert "journal    -> no fsync (a power cut may lose the last leases)" in text
+    assert "quarantine -> at most 5 declined address(es) per client" in text
+    assert "tcp        -> 64 connections, 3 per client, idle timeout 2.5s" in text
+    assert "transfers  -> 50 at once, 4 per client" in text
+    assert "journal    -> fsync before each ACK" in describe(parse_config(BASE))
+
+
+def _paths_config(tmp_path: Path, tftp: str = "", instances: str = "") -> str:
+    return (
+        BASE
+        + f"state_dir: {tmp_path / 'state'}\n"
+        + f"tftp:\n  enabled: true\n  root: {tftp or tmp_path / 'tftp'}\n"
+        + f"instances:\n{instances or '  []'}\n"
+    )
+
+
+def test_parse_stays_pure_and_check_paths_names_file_line_and_key(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "tftp").mkdir()
+    (tmp_path / "built").mkdir()
+    good = _paths_config(tmp_path, instances=f"  - {{name: built, root: {tmp_path / 'built'}}}")
+    check_paths(parse_config(good, "cfg.yaml"))  # nothing missing: no error
+
+    text = _paths_config(
+        tmp_path, tftp=str(tmp_path / "nope"), instances=f"  - {{name: lab, root: {tmp_path / 'absent'}}}"
+    )
+    config = parse_config(text, "cfg.yaml")  # parsing never looks at the disk
+    with pytest.raises(ConfigError) as caught:
+        check_paths(config)
+    message = str(caught.value)
+    assert f"cfg.yaml:7: tftp.root: {tmp_path / 'nope'} does not exist (run sidus-appliance bootfiles" in message
+    assert f"cfg.yaml:9: instances[0].root: {tmp_path / 'absent'} does not exist (build it:" in message
+
+
+def test_check_paths_refuses_files_links_and_a_missing_state_dir(tmp_path: Path) -> None:
+    (tmp_path / "tftp").write_text("a file, not a tree\n")
+    assert path_problems(parse_config(_paths_config(tmp_path), "cfg.yaml")) == [
+        f"cfg.yaml:4: state_dir: {tmp_path / 'state'} does not exist (create it, owned by root)",
+        f"cfg.yaml:7: tftp.root: {tmp_path / 'tftp'} is not a directory",
+    ]
+    (tmp_path / "real").mkdir()
+    (tmp_path / "state").symlink_to(tmp_path / "real")
+    assert path_problems(parse_config(_paths_config(tmp_path), "cfg.yaml"))[0] == (
+        f"cfg.yaml:4: state_dir: {tmp_path / 'state'} is a symbolic link (name the real directory)"
+    )
+
+
+def test_check_paths_ignores_the_boot_tree_of_a_disabled_tftp(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    text = _paths_config(tmp_path).replace("enabled: true", "enabled: false")
+    assert path_problems(parse_config(text, "cfg.yaml")) == []
+
+
+def test_check_paths_without_line_numbers_names_the_source(tmp_path: Path) -> None:
+    config = parse_config(_paths_config(tmp_path), "cfg.yaml").with_overrides(marks=None)
+    assert path_problems(config)[0].startswith(f"cfg.yaml: state_dir: {tmp_path / 'state'} does not exist")
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
