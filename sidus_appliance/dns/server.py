@@ -10,14 +10,19 @@ whose answers are then memoised. A new zone empties the memo; `warming` precompu
 owner's answers again (the transport runs it in steps, once changes pause).
 
 No sockets, clocks or globals here: forwarding is returned as a `Forward` action and the
-transport (service.py) performs it.
+transport (service.py) performs it. What a client did wrong (malformed, refused) is handed to an
+injected `report(what, client, detail)` callback; the transport rate-limits the log lines.
+
+Hostile input never escapes as an exception: a name dnslib parses but cannot encode again (a
+64-byte label, a name over 255 bytes) gets FORMERR with the question left out, and any other
+failure while building an answer gets SERVFAIL, both from the header alone (ID kept).
 """
 
 from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -36,6 +41,29 @@ _PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QD=1 AN=0 NS=0 AR=0
 _EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # QD=1 AN=0 NS=0 AR=1 (the OPT)
 _RA = {True: 2, False: 0}
 BADVERS = 16
+MAX_LABEL = 63  # RFC 1035 2.3.4: a length byte with 01 or 10 on top is not a plain label
+MAX_NAME = 255  # wire length, length bytes and the root included
+
+Report = Callable[[str, str, str], None]  # (what, client address, detail): for the transport's log
+
+
+def _no_report(what: str, client: str, detail: str) -> None:
+    pass
+
+
+def name_problem(labels: Iterable[bytes]) -> str | None:
+    """Why a parsed name cannot be a DNS name (and cannot be packed again), or None."""
+    total = 1
+    for label in labels:
+        if len(label) > MAX_LABEL:
+            return f"label of {len(label)} bytes"
+        total += len(label) + 1
+    return f"name of {total} bytes" if total > MAX_NAME else None
+
+
+def _exc_text(exc: BaseException) -> str:
+    """One short log-safe line (dnslib messages quote the client's bytes)."""
+    return f"{type(exc).__name__}: {str(exc)[:80]!r}"
 
 
 @dataclass(frozen=True)
@@ -87,8 +115,9 @@ def _flag_block(byte2: int, byte3: int, counts: bytes) -> tuple[bytes, bytes, by
 
 
 class DnsServer:
-    def __init__(self, zone: Zone, policy: Policy, warm: bool = True) -> None:
+    def __init__(self, zone: Zone, policy: Policy, warm: bool = True, report: Report = _no_report) -> None:
         self.policy = policy
+        self.report = report
         self.stats: Counter[str] = Counter()
         self.hits = 0  # kept apart from `stats`: a plain attribute is cheaper on the hot path
         self._ra: dict[str, int] = {}
@@ -176,13 +205,14 @@ class DnsServer:
         return [out]
 
     def servfail(self, query: bytes) -> bytes | None:
-        """The answer when forwarding failed or timed out."""
-        try:
-            request = DNSRecord.parse(query)
-        except Exception:
+        """The answer when forwarding failed or timed out (never raises)."""
+        if len(query) < 12:
             return None
         self.stats["servfail"] += 1
-        return self._error(request, RCODE.SERVFAIL, ra=True)
+        try:
+            return self._error(DNSRecord.parse(query), RCODE.SERVFAIL, ra=True)
+        except Exception:
+            return self._header_only(query, RCODE.SERVFAIL)
 
     @staticmethod
     def relay(query: bytes, question: bytes, upstream_id: bytes, reply: bytes) -> bytes | None:
@@ -212,22 +242,39 @@ class DnsServer:
             self.stats["dropped"] += 1
             return None
         try:
+            return self._answer(data, client, tcp)
+        except Exception as exc:  # a dnslib corner or our bug: this query alone fails, never the server
+            self.stats["internal_errors"] += 1
+            self.report("internal error", client, _exc_text(exc))
+            return self._header_only(data, RCODE.SERVFAIL)
+
+    def _formerr(self, data: bytes, client: str, detail: str) -> bytes:
+        self.stats["formerr"] += 1
+        self.report("malformed query", client, detail)
+        return self._header_only(data, RCODE.FORMERR)
+
+    def _answer(self, data: bytes, client: str, tcp: bool) -> bytes | list[bytes] | Forward | None:
+        try:
             request = DNSRecord.parse(data)
-        except Exception:  # DNSError, but also RecursionError on pointer chains and the like
-            self.stats["formerr"] += 1
-            return self._header_only(data, RCODE.FORMERR)
+        except Exception as exc:  # DNSError, but also RecursionError on pointer chains and the like
+            return self._formerr(data, client, _exc_text(exc))
         header = request.header
         if header.opcode != 0:
             self.stats["notimp"] += 1
+            self.report("unsupported opcode", client, str(header.opcode))
             return self._header_only(data, RCODE.NOTIMP)
         opts = [rr for rr in request.ar if rr.rtype == QTYPE.OPT]
         if len(request.questions) != 1 or len(opts) > 1 or request.rr or request.auth:
-            self.stats["formerr"] += 1
-            return self._header_only(data, RCODE.FORMERR)
+            return self._formerr(data, client, f"{len(request.questions)} questions, {len(opts)} OPT, "
+                                               f"{len(request.rr)} answers, {len(request.auth)} authority")
         opt = opts[0] if opts else None
         q = request.questions[0]
+        problem = name_problem(q.qname.label)
+        if problem is not None:  # parsed, but packing it again would raise: keep it out of the reply
+            return self._formerr(data, client, problem)
         if opt is not None and opt.edns_ver != 0:
             self.stats["badvers"] += 1
+            self.report("unsupported EDNS version", client, str(opt.edns_ver))
             return self._error(request, BADVERS, ra=False)
         labels = tuple(q.qname.label)
         name = ".".join(label.decode("ascii", "replace") for label in labels).lower()
@@ -243,6 +290,8 @@ class DnsServer:
                 qend = 12 + len(question_key(labels, 0, 0))
                 return Forward(data, data[12:qend], tcp)
             self.stats["refused"] += 1
+            self.report("refused", client, "recursion not allowed" if self.zone.apex_of(name) is None
+                        else f"class {q.qclass}")
             return self._error(request, RCODE.REFUSED, ra=ra)
         self.stats["nxdomain" if look.rcode == RCODE.NXDOMAIN else "answered"] += 1
         key = question_key(labels, q.qtype, q.qclass)
@@ -282,9 +331,11 @@ class DnsServer:
         ra = self.policy.recursion_for(client)
         if not tcp and request.q.qtype == QTYPE.AXFR:
             self.stats["formerr"] += 1
+            self.report("malformed query", client, "AXFR over UDP")
             return self._error(request, RCODE.FORMERR, ra=ra)  # AXFR is TCP-only (RFC 5936)
         if name not in self.zone.apexes or not self.policy.transfer_for(client):
             self.stats["refused"] += 1
+            self.report("refused", client, "zone transfer not allowed")
             return self._error(request, RCODE.REFUSED, ra=ra)
         if not tcp:  # IXFR over UDP: our current SOA alone means "ask again over TCP" (RFC 1995 §4)
             reply = DNSRecord(DNSHeader(id=request.header.id, qr=1, aa=1, rd=request.header.rd, ra=int(ra)))
@@ -319,5 +370,6 @@ class DnsServer:
 
     @staticmethod
     def _header_only(data: bytes, rcode: int) -> bytes:
-        """FORMERR/NOTIMP when the question cannot be trusted: header alone, ID and opcode kept."""
+        """FORMERR/NOTIMP/SERVFAIL when the question cannot be trusted or encoded again: the
+        header alone, ID, opcode and RD kept, every count zero."""
         return data[:2] + bytes((0x80 | data[2] & 0x79, rcode)) + b"\x00" * 8

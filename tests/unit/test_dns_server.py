@@ -268,3 +268,60 @@ def test_fuzz_never_raises() -> None:
         assert out_tcp is None or isinstance(out_tcp, (list, Forward))
     counted = core.counters()
     assert counted["formerr"] > 0 and counted["dropped"] > 0
+
+
+# ----------------------------------------------------------------------------- names dnslib cannot re-encode
+
+LONG_LABEL = header(qid=0xBEEF) + b"\x40" + b"a" * 64 + b"\x07example\x03org\x00\x00\x01\x00\x01"
+LONG_NAME = header(qid=0xCAFE) + (b"\x3f" + b"b" * 63) * 5 + b"\x05sidus\x04zone\x00\x00\x01\x00\x01"
+
+
+@pytest.mark.parametrize("data", [LONG_LABEL, LONG_NAME], ids=["64-byte label", "name over 255 bytes"])
+@pytest.mark.parametrize("client", [INSIDE, OUTSIDE])
+def test_unencodable_name_gets_formerr_with_its_id_and_no_question(data: bytes, client: str) -> None:
+    reports: list[tuple[str, str, str]] = []
+    core = server()
+    core.report = lambda *what: reports.append(what)
+    udp_reply = core.handle_udp(data, client)
+    tcp_reply = core.handle_tcp(data, client)
+    assert isinstance(tcp_reply, list) and len(tcp_reply) == 1
+    for reply in (udp_reply, tcp_reply[0]):
+        parsed = parse(reply)
+        assert parsed.header.id == struct.unpack("!H", data[:2])[0] and parsed.header.qr
+        assert parsed.header.rcode == RCODE.FORMERR and not parsed.questions
+    assert [(what, who) for what, who, _ in reports] == [("malformed query", client)] * 2
+
+
+def test_any_failure_building_an_answer_is_a_servfail_for_that_query_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    reports: list[tuple[str, str, str]] = []
+    core = server(warm=False)
+    core.report = lambda *what: reports.append(what)
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug\nwith a newline")
+
+    monkeypatch.setattr(core.zone, "lookup", broken)
+    reply = parse(core.handle_udp(query("gateway.sidus.zone", qid=77), INSIDE))
+    assert reply.header.id == 77 and reply.header.rcode == RCODE.SERVFAIL and not reply.questions
+    assert core.stats["internal_errors"] == 1
+    (what, who, detail), = reports
+    assert (what, who) == ("internal error", INSIDE) and "\n" not in detail
+    monkeypatch.undo()
+    assert parse(core.handle_udp(query("gateway.sidus.zone"), INSIDE)).header.rcode == RCODE.NOERROR
+
+
+def test_servfail_for_a_forwarded_query_never_raises() -> None:
+    core = server()
+    reply = parse(core.servfail(LONG_LABEL))
+    assert reply.header.id == 0xBEEF and reply.header.rcode == RCODE.SERVFAIL
+    assert core.servfail(b"\x01\x02") is None
+
+
+def test_refusals_are_reported_for_the_log() -> None:
+    reports: list[tuple[str, str, str]] = []
+    core = server()
+    core.report = lambda *what: reports.append(what)
+    assert parse(core.handle_udp(query("www.example.org"), OUTSIDE)).header.rcode == RCODE.REFUSED
+    (refused,) = core.handle_tcp(query("sidus.zone", "AXFR"), OUTSIDE)
+    assert parse(refused).header.rcode == RCODE.REFUSED
+    assert [(what, who) for what, who, _ in reports] == [("refused", OUTSIDE)] * 2
