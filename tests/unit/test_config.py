@@ -160,7 +160,7 @@ def test_check_names_the_missing_directories_of_the_example() -> None:
         return
     line = next(n for n, text in enumerate(EXAMPLE.read_text().splitlines(), 1) if "root: /srv/tftp" in text)
     assert result.returncode == 2
-    assert f"{EXAMPLE}:{line}: tftp.root: /srv/tftp does not exist (run sidus-appliance bootfiles install" in result.stderr
+    assert f"{EXAMPLE}:{line}: tftp.root: /srv/tftp does not exist (run sidus-appliance bootfiles" in result.stderr
 
 
 def test_describe_shows_the_hardening_keys() -> None:
