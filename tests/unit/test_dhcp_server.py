@@ -706,3 +706,65 @@ def test_infrastructure_addresses_inside_the_pool_are_skipped() -> None:
     # .1 is the gateway, .2 the DNS server: only .3 and .4 are for clients.
     assert [h.dora(mac(n)).yiaddr for n in (1, 2)] == [ip("10.20.17.3"), ip("10.20.17.4")]
     assert h.none(client_packet("discover", mac(3), ("requested_addr", "10.20.17.1"))).reason == "pool exhausted"
+
+
+# --------------------------------------------------------------------------- fairness under attack
+
+
+def test_each_decision_lists_the_lease_changes_it_made(h: Harness) -> None:
+    _, _, offer = h.one(client_packet("discover", mac(1)))
+    assert [(old, new.state if new else None) for old, new in offer.changes] == [(None, "offered")]
+    _, _, ack = h.one(client_packet("request", mac(1), ("server_id", SERVER), ("requested_addr", "10.20.17.10")))
+    (before, after), = ack.changes
+    assert before is not None and before.state == "offered"
+    assert after is not None and after.state == "bound" and after.address == ip("10.20.17.10")
+    _, _, again = h.one(client_packet("request", mac(1), ("server_id", SERVER), ("requested_addr", "10.20.17.10")))
+    assert again.changes == []  # a retransmitted REQUEST changes nothing: nothing to persist
+
+
+def test_one_mac_declining_again_and_again_quarantines_at_most_its_cap(h: Harness) -> None:
+    declined = set()
+    for _ in range(215):
+        replies, _ = h.send(client_packet("discover", mac(1)))
+        if not replies:
+            continue
+        offered = parse(replies[0].data).yiaddr
+        h.send(client_packet("decline", mac(1), ("server_id", SERVER), ("requested_addr", str(offered))))
+        declined.add(offered)
+    quarantined = [le for le in h.store.all() if le.state == "declined"]
+    assert len(quarantined) == 2 and {le.declined_by for le in quarantined} == {mac(1)}
+    assert h.dora(mac(2)).yiaddr not in {le.address for le in quarantined}
+
+
+def test_random_mac_discover_flood_cannot_starve_a_new_client(h: Harness) -> None:
+    for n in range(1000):
+        h.send(client_packet("discover", f"02:f1:00:00:{n >> 8:02x}:{n & 255:02x}"))
+        h.now += 0.001
+    assert len([le for le in h.store.all() if le.state == "offered"]) == 5  # the whole pool is offered
+    ack = h.dora(mac(1))
+    assert ack.yiaddr in {ip(f"10.20.17.{n}") for n in range(10, 15)}
+    assert h.store.by_mac(mac(1)).state == "bound"  # type: ignore[union-attr]
+
+
+def test_a_selecting_request_wins_over_someone_elses_offer(h: Harness) -> None:
+    offer, _, _ = h.one(client_packet("discover", mac(1)))
+    h.store.remove(mac(1))  # its offer was taken back when the pool was tight...
+    h.one(client_packet("discover", mac(2), ("requested_addr", str(offer.yiaddr))))  # ...and given to mac(2)
+    assert h.store.by_address(offer.yiaddr).mac == mac(2)  # type: ignore[union-attr]
+    ack, _, decision = h.one(client_packet("request", mac(1), ("server_id", SERVER),
+                                           ("requested_addr", str(offer.yiaddr))))
+    assert ack.message_type == 5 and ack.yiaddr == offer.yiaddr, decision
+    assert h.store.by_mac(mac(2)) is None
+
+
+def test_a_bound_lease_is_never_reclaimed_for_a_flood(h: Harness) -> None:
+    bound = {h.dora(mac(n)).yiaddr for n in range(1, 6)}  # the whole pool, bound (infinite leases)
+    replies, decision = h.send(client_packet("discover", mac(9)))
+    assert replies == [] and decision.reason == "pool exhausted"
+    assert {le.address for le in h.store.all() if le.state == "bound"} == bound
+
+
+def test_no_exception_leaves_the_core_it_becomes_a_decision(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h.server, "_choose", lambda *a: 1 / 0)
+    replies, decision = h.send(client_packet("discover", mac(1)))
+    assert replies == [] and decision.error and "ZeroDivisionError" in decision.reason

@@ -227,3 +227,136 @@ def test_hostile_client_hostnames_round_trip_on_one_line(path: Path, chost: str)
         assert again.by_mac(lease(1).mac) == lease(1, chost=chost)
         assert again.by_mac(lease(2).mac) == lease(2, "declined", expires=1234.5)
         assert again.skipped_lines == 0
+
+
+# ---------------------------------------------------------------------- failed writes, group commit
+
+
+class FailingWrites:
+    """os.write that writes `allow` bytes in all, then raises ENOSPC (a full disk mid-line)."""
+
+    def __init__(self, allow: int) -> None:
+        self.allow = allow
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        if self.allow <= 0:
+            raise OSError(28, "No space left on device")
+        n = self.real(fd, bytes(data[: self.allow]))
+        self.allow -= n
+        return n
+
+
+def test_a_partial_write_is_cut_and_the_next_line_starts_clean(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LeaseStore(path)
+    store.commit(lease(1))
+    size = path.stat().st_size
+    monkeypatch.setattr(os, "write", FailingWrites(allow=20))  # a third of the next line, then ENOSPC
+    with pytest.raises(OSError):
+        store.commit(lease(2))
+    assert path.stat().st_size == size, "the torn bytes stayed in the journal"
+    assert store.by_mac(lease(2).mac) is None, "a lease that is not on disk is in the table"
+    monkeypatch.undo()  # space is back
+    store.commit(lease(3))
+    store.close()
+    again = LeaseStore(path)
+    assert again.skipped_lines == 0
+    assert sorted(le.mac for le in again.all()) == [lease(1).mac, lease(3).mac]
+    again.close()
+
+
+def test_while_the_torn_bytes_cannot_be_cut_nothing_is_appended(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LeaseStore(path)
+    store.commit(lease(1))
+    monkeypatch.setattr(os, "write", FailingWrites(allow=10))
+    monkeypatch.setattr(os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(OSError(5, "EIO")))
+    with pytest.raises(OSError):
+        store.commit(lease(2))
+    monkeypatch.setattr(os, "write", FailingWrites(allow=1 << 20))
+    with pytest.raises(OSError):
+        store.commit(lease(3))  # refused: appending after torn bytes would corrupt this line
+    monkeypatch.undo()
+    store.commit(lease(4))  # the cut works again: cut first, then append
+    store.close()
+    again = LeaseStore(path)
+    assert again.skipped_lines == 0
+    assert sorted(le.mac for le in again.all()) == [lease(1).mac, lease(4).mac]
+    again.close()
+
+
+def test_group_commit_writes_a_burst_at_once(path: Path) -> None:
+    store = LeaseStore(path, autoflush=False, fsync=True)
+    for n in range(1, 6):
+        store.commit(lease(n))
+    store.remove(lease(5).mac)
+    assert not store.durable and len(store.pending) == 6
+    assert path.stat().st_size == 0, "nothing is written before write_pending()"
+    mark = store.write_pending()
+    store.sync()
+    store.mark_durable(mark)
+    assert store.durable
+    store.close()
+    again = LeaseStore(path)
+    assert sorted(le.mac for le in again.all()) == [lease(n).mac for n in range(1, 5)]
+    again.close()
+
+
+def test_rollback_restores_the_table_and_tells_subscribers(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LeaseStore(path, autoflush=False)
+    store.commit(lease(1))
+    store.mark_durable(store.write_pending())
+    seen: list[tuple[object, object]] = []
+    store.subscribe(lambda old, new: seen.append((old, new)))
+    moved = Lease(lease(1).mac, IPv4Address("10.0.0.77"), "x", None, "bound")
+    store.commit(moved)
+    store.commit(lease(2))
+    store.commit(lease(3, "offered", expires=50.0))  # memory only, undone all the same
+    monkeypatch.setattr(os, "write", FailingWrites(allow=30))
+    with pytest.raises(OSError):
+        store.write_pending()
+    monkeypatch.undo()
+    assert store.rollback() == 3
+    assert store.all() == [lease(1)] and store.by_address(moved.address) is None
+    assert seen[-3:] == [(lease(3, "offered", 50.0), None), (lease(2), None), (moved, lease(1))]
+    store.close()
+    again = LeaseStore(path)
+    assert again.skipped_lines == 0 and again.all() == [lease(1)]
+    again.close()
+
+
+def test_failed_fsync_cuts_what_it_did_not_make_durable(path: Path) -> None:
+    store = LeaseStore(path, autoflush=False)
+    store.commit(lease(1))
+    store.mark_durable(store.write_pending())
+    durable_size = path.stat().st_size
+    store.commit(lease(2))
+    store.write_pending()  # written, but say its fsync failed:
+    assert path.stat().st_size > durable_size
+    store.rollback()
+    assert path.stat().st_size == durable_size
+    store.close()
+    assert [le.mac for le in LeaseStore(path).all()] == [lease(1).mac]
+
+
+def test_changes_after_a_write_stay_undoable_while_it_syncs(path: Path) -> None:
+    store = LeaseStore(path, autoflush=False)
+    store.commit(lease(1))
+    mark = store.write_pending()  # its fsync runs on a worker thread...
+    store.commit(lease(2))  # ...while the next burst is decided
+    store.mark_durable(mark)
+    assert not store.durable and store.pending
+    assert store.rollback() == 1
+    assert [le.mac for le in store.all()] == [lease(1).mac]
+    store.close()
+
+
+def test_compaction_never_writes_through_a_planted_temp_link(path: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    store = LeaseStore(path)
+    store.commit(lease(1))
+    (path.parent / (path.name + ".tmp")).symlink_to(victim)
+    store.compact()
+    store.close()
+    assert victim.read_text() == "precious\n"
+    assert [le.mac for le in LeaseStore(path).all()] == [lease(1).mac]
