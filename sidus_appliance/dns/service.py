@@ -3,29 +3,39 @@
 The core (`server.py`) decides; this module only moves bytes, keeps time, and rebuilds the
 zone when a bound lease changes: at once after a quiet spell, at most once per REBUILD_DELAY
 during a boot storm, so names appear well within a second of the ACK.
+
+Whatever a client sends, the log gets at most one line per (problem, source) per minute
+(`RateLimitedLog`) and never a traceback; TCP connections are budgeted by `tcp.TcpPool`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import socket
 import struct
 import time
+import traceback
 from collections.abc import Callable, Iterator
 
 from ..config import Config
 from ..dhcp.leases import Lease, LeaseStore
+from ..ratelimit import RateLimitedLog
 from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
+from .tcp import TcpConn, TcpPool
 from .zone import Zone, zone_content
 
 REBUILD_DELAY = 0.1  # least spacing between zone rebuilds (a boot storm coalesces into few)
 WARM_DELAY = 1.0  # precompute answers once the zone has been stable this long (not mid-storm)
-TCP_IDLE = 10.0  # seconds a TCP client may stay silent (RFC 7766 suggests "seconds")
-MAX_TCP_CLIENTS = 128
 MAX_FORWARDS = 1024  # in-flight upstream queries; beyond that clients get SERVFAIL at once
+TCP_LIFETIME_WAITS = 3  # a TCP connection lives at most this many idle timeouts (30 s by default)
+TCP_WRITE_HIGH = 64 * 1024  # bytes queued for a peer before we stop reading from it
+ACCEPT_PAUSE = 0.5  # seconds without accept() after EMFILE/ENFILE: the backlog waits, the log stays quiet
+ACCEPT_BATCH = 32
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def listen_addresses(config: Config) -> list[str]:
@@ -88,8 +98,8 @@ class _UdpListener:
                 continue
             try:
                 out = handle(data, addr[0])
-            except Exception:  # the core should never raise; if it does, count it and keep serving
-                self.service.crashed(data)
+            except Exception as exc:  # the core should never raise; if it does, count it and keep serving
+                self.service.crashed(data, addr[0], exc)
                 continue
             if out is None:
                 continue
@@ -140,18 +150,22 @@ class DnsService:
         self.config = config
         self.leases = leases
         self.log = log
+        self.warnings = RateLimitedLog(log)  # one line per (problem, source) per minute
         content, problems = zone_content(config, self._bound())
         self.zone = Zone(config.domain, config.reverse_zone, next_serial(0, time.time()), content, problems)
-        self.core = DnsServer(self.zone, policy_of(config), warm=False)  # warmed in steps by start()
+        self.core = DnsServer(self.zone, policy_of(config), warm=False,  # warmed in steps by start()
+                              report=self.client_problem)
         self._listeners: list[_UdpListener] = []
-        self._servers: list[asyncio.base_events.Server] = []
+        self._tcp_listeners: list[_TcpListener] = []
+        self._tcp: dict[TcpConn, _TcpConnection] = {}
+        self.tcp_pool = self._tcp_pool(config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rebuild_handle: asyncio.TimerHandle | None = None
         self._expiry_handle: asyncio.TimerHandle | None = None
         self._warm_handle: asyncio.TimerHandle | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._last_rebuild = float("-inf")
-        self._tcp_clients = 0
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,17 +190,14 @@ class DnsService:
                     sock.close()
                     raise OSError(exc.errno, f"UDP {address}:{port}: {exc.strerror}") from None
                 self._listeners.append(_UdpListener(self, sock))
-                try:
-                    server = await asyncio.start_server(self._tcp_client, address, port, reuse_address=True)
-                except OSError as exc:
-                    raise OSError(exc.errno, f"TCP {address}:{port}: {exc.strerror}") from None
-                self._servers.append(server)
+                self._tcp_listeners.append(_TcpListener(self, address, port))
         except BaseException:
             self.close()  # the runtime only closes services that started: release what we bound
             raise
         self.leases.subscribe(self._lease_changed)
         self._arm_expiry(self._bound())
         self._step_warm(self.core.warming())
+        self._sweep_tcp()
         self.log.info("dns: serving %s and %s on %s port %d (serial %d, %d records)",
                       self.config.domain, self.config.reverse_zone, ", ".join(self.addresses()), port,
                       self.zone.serial, len(self.zone.content))
@@ -195,16 +206,16 @@ class DnsService:
         if not self._closed and self._listeners:
             self.log.info("dns: counters %s", " ".join(f"{k}={v}" for k, v in sorted(self.core.counters().items())))
         self._closed = True
-        for handle in (self._rebuild_handle, self._expiry_handle, self._warm_handle):
+        for handle in (self._rebuild_handle, self._expiry_handle, self._warm_handle, self._sweep_handle):
             if handle is not None:
                 handle.cancel()
-        for listener in self._listeners:
+        for listener in [*self._listeners, *self._tcp_listeners]:
             listener.close()
-        for server in self._servers:
-            server.close()
+        for connection in list(self._tcp.values()):
+            connection.abort()
         for task in list(self._tasks):
             task.cancel()
-        self._listeners, self._servers = [], []
+        self._listeners, self._tcp_listeners = [], []
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new policy and zone now; listen/port changes need a restart."""
@@ -213,6 +224,9 @@ class DnsService:
             self.log.warning("dns: listen addresses/port changed; restart to apply them")
         self.config = config
         self.core.set_policy(policy_of(config))
+        pool = self._tcp_pool(config)
+        self.tcp_pool.total, self.tcp_pool.per_source = pool.total, pool.per_source
+        self.tcp_pool.timeout, self.tcp_pool.lifetime = pool.timeout, pool.lifetime
         self._rebuild(reason="reload", force=True)
 
     # ------------------------------------------------------------------ zone updates
@@ -284,15 +298,31 @@ class DnsService:
 
     # ------------------------------------------------------------------ forwarding
 
-    def forward(self, action: Forward, reply: Callable[[bytes], None]) -> None:
+    def forward(self, action: Forward, reply: Callable[[bytes], None]) -> asyncio.Task[None] | None:
+        """Relay upstream in a task; `reply` gets the answer or a SERVFAIL (None: sent already)."""
         if len(self._tasks) >= MAX_FORWARDS:
             self._send_servfail(action, reply)
-            return
+            return None
         task = asyncio.ensure_future(self._forward(action, reply))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._forward_done)
+        return task
+
+    def _forward_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # retrieved: never "never retrieved"
+            self.crashed(b"", "forwarding", task.exception())  # type: ignore[arg-type]
 
     async def _forward(self, action: Forward, reply: Callable[[bytes], None]) -> None:
+        try:
+            await self._forward_to_upstreams(action, reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # our bug, not the client's: this query gets SERVFAIL, the log one line
+            self.crashed(action.query, "forwarding", exc)
+            self._send_servfail(action, reply)
+
+    async def _forward_to_upstreams(self, action: Forward, reply: Callable[[bytes], None]) -> None:
         upstreams = upstreams_of(self.config)[0]
         timeout = self.config.dns.forward_timeout / max(1, len(upstreams))
         for host, port in upstreams:  # in order; each gets an equal share of the timeout
@@ -341,43 +371,229 @@ class DnsService:
 
     # ------------------------------------------------------------------ TCP
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = peer[0] if peer else "0.0.0.0"
-        if self._tcp_clients >= MAX_TCP_CLIENTS:
-            self.core.stats["tcp_refused"] += 1
-            writer.close()
-            return
-        self._tcp_clients += 1
-        try:
-            while not self._closed:
-                try:
-                    (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE))
-                    data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                    return
-                try:
-                    out = self.core.handle_tcp(data, client)
-                except Exception:
-                    self.crashed(data)
-                    return
-                if isinstance(out, Forward):
-                    answers: list[bytes] = []
-                    await self._forward(out, answers.append)
-                    out = answers
-                if not out:
-                    return  # dropped: a TCP peer sending garbage loses its connection
-                for message in out:
-                    if len(message) <= MAX_TCP_MESSAGE:
-                        writer.write(struct.pack("!H", len(message)) + message)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            self._tcp_clients -= 1
-            with contextlib.suppress(Exception):
-                writer.close()
+    @staticmethod
+    def _tcp_pool(config: Config) -> TcpPool:
+        dns = config.dns
+        return TcpPool(dns.tcp_max_connections, dns.tcp_max_per_client, dns.tcp_idle_timeout,
+                       dns.tcp_idle_timeout * TCP_LIFETIME_WAITS)
 
-    def crashed(self, data: bytes) -> None:
+    def tcp_accepted(self, sock: socket.socket, source: str) -> None:
+        """Admit or refuse a new connection (making room by closing another if the pool says so)."""
+        now = time.monotonic()
+        admission = self.tcp_pool.admit(source, now)
+        if admission.evicted is not None:
+            self.core.stats["tcp_evicted"] += 1
+            self.warnings.info(("tcp evicted", admission.evicted.source),
+                               "dns: TCP pool full: closed an idle connection of %s (it holds the most) for %s",
+                               admission.evicted.source, source)
+            victim = self._tcp.get(admission.evicted)
+            if victim is not None:
+                victim.abort()
+        if admission.conn is None:
+            self.core.stats["tcp_refused"] += 1
+            self.warnings.warning(("tcp refused", source), "dns: TCP connection from %s refused: %s",
+                                  source, admission.reason)
+            sock.close()
+            return
+        connection = _TcpConnection(self, admission.conn)
+        self._tcp[admission.conn] = connection
+        connection.start(sock)
+
+    def tcp_closed(self, conn: TcpConn) -> None:
+        self.tcp_pool.release(conn)
+        self._tcp.pop(conn, None)
+
+    def _sweep_tcp(self) -> None:
+        """Close connections whose wait or life ran out; runs a few times per timeout."""
+        self._sweep_handle = None
+        if self._closed or self._loop is None:
+            return
+        for conn in self.tcp_pool.expired(time.monotonic()):
+            self.core.stats["tcp_timeouts"] += 1
+            self.warnings.info(("tcp timeout", conn.source), "dns: TCP connection from %s closed: idle, too slow "
+                               "or open too long (tcp_idle_timeout %gs)", conn.source, self.tcp_pool.timeout)
+            connection = self._tcp.get(conn)
+            if connection is not None:
+                connection.abort()
+            self.tcp_pool.release(conn)
+        self._sweep_handle = self._loop.call_later(min(1.0, self.tcp_pool.timeout / 4), self._sweep_tcp)
+
+    # ------------------------------------------------------------------ problems
+
+    def client_problem(self, what: str, client: str, detail: str) -> None:
+        """The core's report: one log line per (problem, source) per minute at most."""
+        if what == "internal error":
+            self.warnings.error((what, client), "dns: internal error answering %s: %s", client, detail)
+        elif what == "refused":
+            self.warnings.info((what, client), "dns: refused %s: %s", client, detail)
+        else:
+            self.warnings.warning((what, client), "dns: %s from %s: %s", what, client, detail)
+
+    def crashed(self, data: bytes, client: str, exc: BaseException) -> None:
+        """A bug of ours on some input: counted, one rate-limited line, never a traceback in the log."""
         self.core.stats["internal_errors"] += 1
-        self.log.exception("dns: internal error on a %d-byte message %s", len(data), data[:64].hex())
+        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        place = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
+        self.warnings.error(("internal error", client), "dns: internal error (%s%s) on a %d-byte message from %s: %s",
+                            type(exc).__name__, place, len(data), client, data[:64].hex())
+
+
+class _TcpListener:
+    """accept() straight from the selector: asyncio's own server logs a traceback for each
+    EMFILE; here running out of descriptors pauses accepting a moment and logs one line."""
+
+    def __init__(self, service: DnsService, address: str, port: int) -> None:
+        self.service = service
+        self.loop = asyncio.get_running_loop()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.setblocking(False)
+            self.sock.bind((address, port))
+            self.sock.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            self.sock.close()
+            raise OSError(exc.errno, f"TCP {address}:{port}: {exc.strerror}") from None
+        self._pause: asyncio.TimerHandle | None = None
+        self.loop.add_reader(self.sock.fileno(), self._acceptable)
+
+    def _acceptable(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self.service.core.stats["tcp_accept_errors"] += 1
+                    self.service.warnings.warning(("tcp accept", exc.errno), "dns: TCP accept failed (%s); "
+                                                  "not accepting for %gs", exc.strerror, ACCEPT_PAUSE)
+                    self.loop.remove_reader(self.sock.fileno())
+                    self._pause = self.loop.call_later(ACCEPT_PAUSE, self._resume)
+                    return
+                continue  # ECONNABORTED and the like: that peer gave up; the next one may not have
+            self.service.tcp_accepted(sock, addr[0])
+
+    def _resume(self) -> None:
+        self._pause = None
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._acceptable)
+
+    def close(self) -> None:
+        if self._pause is not None:
+            self._pause.cancel()
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One TCP client: length-prefixed messages in, answers out, in order (a forwarded query
+    holds the next ones back). Timing is the pool's: this class only reports its waits."""
+
+    def __init__(self, service: DnsService, conn: TcpConn) -> None:
+        self.service, self.conn = service, conn
+        self.pool = service.tcp_pool
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.forwarding = False
+        self.write_paused = False
+        self.closed = False
+
+    def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(loop.connect_accepted_socket(lambda: self, sock))
+        task.add_done_callback(lambda t: self._started(t, sock))
+
+    def _started(self, task: asyncio.Future[object], sock: socket.socket) -> None:
+        if task.cancelled() or task.exception() is not None:  # e.g. the service closed meanwhile
+            sock.close()
+            self._gone()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.closed:  # evicted or timed out before the transport existed
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(high=TCP_WRITE_HIGH)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.buffer:  # the first byte of a message: its time to arrive whole starts now
+            self.pool.waiting(self.conn, time.monotonic())
+        self.buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        while not (self.closed or self.forwarding or self.write_paused) and len(self.buffer) >= 2:
+            size = self.buffer[0] << 8 | self.buffer[1]
+            if len(self.buffer) < 2 + size:
+                return
+            message = bytes(self.buffer[2:2 + size])
+            del self.buffer[:2 + size]
+            self._answer(message)
+
+    def _answer(self, message: bytes) -> None:
+        assert self.transport is not None
+        client = self.conn.source
+        try:
+            out = self.service.core.handle_tcp(message, client)
+        except Exception as exc:  # the core should never raise
+            self.service.crashed(message, client, exc)
+            out = None
+        if isinstance(out, Forward):
+            self.forwarding = self.conn.busy = True
+            self.transport.pause_reading()
+            task = self.service.forward(out, self._forwarded)
+            if task is not None:
+                task.add_done_callback(self._forward_finished)
+            return
+        if not out:
+            self.transport.close()  # dropped: a TCP peer sending garbage loses its connection
+            self.closed = True
+            return
+        self._send(out)
+
+    def _send(self, messages: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.write(b"".join(struct.pack("!H", len(m)) + m for m in messages if len(m) <= MAX_TCP_MESSAGE))
+        self.pool.waiting(self.conn, time.monotonic())  # answered: idle from now (or the next message's start)
+
+    def _forwarded(self, answer: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.forwarding = False
+        self._send([answer])
+        self.transport.resume_reading()
+        asyncio.get_running_loop().call_soon(self._process)  # messages that arrived meanwhile
+
+    def _forward_finished(self, task: asyncio.Task[None]) -> None:
+        if self.forwarding and not self.closed:  # no answer came (cancelled): do not hang the client
+            self.abort()
+
+    def pause_writing(self) -> None:  # the peer does not read: no more answers until it does
+        self.write_paused = True
+        self.pool.waiting(self.conn, time.monotonic())
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.pool.waiting(self.conn, time.monotonic())
+        if self.transport is not None and not self.closed and not self.forwarding:
+            self.transport.resume_reading()
+            asyncio.get_running_loop().call_soon(self._process)
+
+    def abort(self) -> None:
+        """Close at once (timeout, eviction, shutdown): the descriptor is free now."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self._gone()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._gone()
+
+    def _gone(self) -> None:
+        self.service.tcp_closed(self.conn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import socket
 import struct
@@ -226,3 +227,169 @@ def test_upstream_pointing_at_ourselves_is_ignored() -> None:
 def test_next_serial_is_monotonic() -> None:
     assert next_serial(5, 3.0) == 6
     assert next_serial(5, 1_000_000.5) == 1_000_000
+
+
+# ----------------------------------------------------------------------------- hostile clients
+
+LONG_LABEL = struct.pack("!6H", 0xBEEF, 0x0100, 1, 0, 0, 0) + b"\x40" + b"a" * 64 + b"\x07example\x03org\0\0\1\0\1"
+
+
+def log_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> DNSRecord:
+    writer.write(struct.pack("!H", len(data)) + data)
+    (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 5))
+    return DNSRecord.parse(await reader.readexactly(size))
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float = 5.0) -> bool:
+    """Whether the server closed (EOF or reset) within `within` seconds."""
+    try:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_unencodable_names_get_formerr_on_udp_and_tcp_and_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.dns")
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        for _ in range(50):  # recursion is allowed here: before the fix this was forwarded
+            reply = DNSRecord.parse(await udp(port, LONG_LABEL))
+            assert reply.header.id == 0xBEEF and reply.header.rcode == RCODE.FORMERR and not reply.questions
+        reader, writer = await connect(port)
+        for _ in range(3):  # FORMERR keeps the connection: the next query on it is answered
+            assert (await ask(reader, writer, LONG_LABEL)).header.rcode == RCODE.FORMERR
+        assert [str(rr.rdata) for rr in (await ask(reader, writer, query("gateway.sidus.zone"))).rr] == ["10.20.17.254"]
+        writer.close()
+        assert len(log_lines(caplog, "malformed query from 127.0.0.1")) == 1
+        assert service.core.stats["formerr"] == 53
+
+    run(body)
+    assert_no_traceback(caplog)
+
+
+def test_slowloris_is_cut_off_after_the_idle_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.dns")
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        q = query("gateway.sidus.zone")
+        message = struct.pack("!H", len(q)) + q
+        reader, writer = await connect(port)
+        sent = 0
+        while sent < len(message) and not reader.at_eof():  # 1 byte per 0.2 s: 8 s for the whole query
+            writer.write(message[sent:sent + 1])
+            sent += 1
+            await asyncio.sleep(0.2)
+        assert sent < len(message), "a 0.5 s timeout let a query trickle in for 8 s"
+        assert await closed_by_server(reader)
+        writer.close()
+        assert service.core.stats["tcp_timeouts"] == 1 and len(service.tcp_pool) == 0
+
+    run(body, tcp_idle_timeout=0.5)
+    assert_no_traceback(caplog)
+
+
+def test_idle_connection_closed_and_lifetime_bounded() -> None:
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        idle_reader, idle_writer = await connect(port)
+        assert await closed_by_server(idle_reader)
+        reader, writer = await connect(port)
+        for _ in range(20):  # a query every 0.3 s (< the 0.5 s timeout) for up to 6 s
+            try:
+                await ask(reader, writer, query("gateway.sidus.zone"))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            await asyncio.sleep(0.3)
+        else:
+            pytest.fail("a client asking every 0.3 s kept its connection 6 s (lifetime: 1.5 s)")
+        writer.close()
+        idle_writer.close()
+
+    run(body, tcp_idle_timeout=0.5)
+
+
+def test_per_source_cap_and_a_new_source_gets_in_when_full(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.dns")
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        held = [await connect(port, "127.0.0.2") for _ in range(2)] + [await connect(port, "127.0.0.3")
+                                                                        for _ in range(2)]
+        await asyncio.sleep(0.1)
+        assert len(service.tcp_pool) == 4
+        for _ in range(5):  # over the per-source cap: closed at once, logged once
+            reader, writer = await connect(port, "127.0.0.2")
+            assert await closed_by_server(reader)
+            writer.close()
+        assert len(log_lines(caplog, "TCP connection from 127.0.0.2 refused")) == 1
+        reader, writer = await connect(port, "127.0.0.4")  # pool full: a held connection makes room
+        assert [str(rr.rdata) for rr in (await ask(reader, writer, query("gateway.sidus.zone"))).rr] == ["10.20.17.254"]
+        writer.close()
+        assert service.core.stats["tcp_evicted"] == 1
+        closed = [await closed_by_server(r, within=0.5) for r, _ in held]
+        assert sum(closed) == 1
+        for _, w in held:
+            w.close()
+
+    run(body, tcp_max_connections=4, tcp_max_per_client=2)
+    assert_no_traceback(caplog)
+
+
+def test_out_of_descriptors_on_accept_is_one_line_and_accepting_resumes(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.dns")
+
+    class NoFds:
+        def __init__(self, real: socket.socket) -> None:
+            self.real = real
+
+        def accept(self) -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        def fileno(self) -> int:
+            return self.real.fileno()
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        listener = service._tcp_listeners[0]
+        real = listener.sock
+        listener.sock = NoFds(real)  # type: ignore[assignment]
+        pending = asyncio.ensure_future(tcp(port, query("gateway.sidus.zone")))
+        await asyncio.sleep(1.2)  # several EMFILE rounds, one pause each
+        listener.sock = real
+        (reply,) = await pending  # the connection waited in the backlog and is served now
+        assert [str(rr.rdata) for rr in DNSRecord.parse(reply).rr] == ["10.20.17.254"]
+        assert len(log_lines(caplog, "TCP accept failed")) == 1
+        assert service.core.stats["tcp_accept_errors"] >= 2
+
+    run(body)
+    assert_no_traceback(caplog)
+
+
+def test_a_failing_forward_is_a_servfail_and_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.dns")
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        async def broken(*args: object) -> bytes:
+            raise ValueError("a bug in the forwarding path")
+
+        service._ask_udp = broken  # type: ignore[method-assign]
+        for n in range(3):
+            reply = DNSRecord.parse(await udp(port, query("www.example.org", qid=n)))
+            assert reply.header.id == n and reply.header.rcode == RCODE.SERVFAIL
+        (over_tcp,) = await tcp(port, query("www.example.org", qid=9))
+        assert DNSRecord.parse(over_tcp).header.rcode == RCODE.SERVFAIL
+        assert len(log_lines(caplog, "internal error")) == 1
+
+    run(body, upstream=["127.0.0.1:9"])
+    assert_no_traceback(caplog)
