@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import grp
 import logging
@@ -129,13 +130,19 @@ class StateDir:
         if not stat.S_ISDIR(info.st_mode):
             raise StartupError(f"state_dir: {self.path} is not a directory")
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        info = os.fstat(self.fd)  # the directory we hold, whatever the path says by now
-        self._refuse_foreign_directory(info)
-        if take and self.user is not None and (info.st_uid, info.st_gid) != (0, 0):
-            # Until hand_over only root may add, rename or remove entries: what we check
-            # below stays what the lease store opens.
-            os.fchown(self.fd, 0, 0)
-            self._restore = (info.st_uid, info.st_gid)
+        try:
+            info = os.fstat(self.fd)  # the directory we hold, whatever the path says by now
+            self._refuse_foreign_directory(info)
+            if take:
+                self._refuse_if_in_use()  # before taking it from under an appliance that runs
+            if take and self.user is not None and (info.st_uid, info.st_gid) != (0, 0):
+                # Until hand_over only root may add, rename or remove entries: what we check
+                # below stays what the lease store opens.
+                os.fchown(self.fd, 0, 0)
+                self._restore = (info.st_uid, info.st_gid)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _refuse_foreign_directory(self, info: os.stat_result) -> None:
@@ -150,6 +157,29 @@ class StateDir:
                 f"state_dir: {self.path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}); "
                 "refusing to start"
             )
+
+    def _refuse_if_in_use(self) -> None:
+        """Another appliance holds the journal's flock: it runs as the user, and taking its
+        directory even briefly would fail its compactions."""
+        lock = STATE_FILES[1]
+        try:
+            if not stat.S_ISREG(os.stat(lock, dir_fd=self._fd(), follow_symlinks=False).st_mode):
+                return  # a link, a FIFO, a device: never opened; check_entries names it
+            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd())
+        except OSError:
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StartupError(
+                    f"state_dir: {self.path / lock} is locked by another running appliance; "
+                    "refusing to start a second one on the same leases"
+                ) from None
+        finally:
+            os.close(fd)  # also drops our probe's shared lock
 
     def check_entries(self) -> None:
         """Refuse a state_dir whose journal files are links, hard links or not regular files."""
@@ -241,14 +271,16 @@ def raise_open_files_limit() -> int:
     descriptor, and the usual soft 1024 would be the first thing a flood exhausts."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("open files: cannot raise the limit from %d to %d (%s)", soft, target, exc)
-    log.info("open files: limit %d", soft)
-    return soft
+    if target <= soft:
+        log.info("open files: limit %d", soft)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open files: cannot raise the limit from %d to %d (%s)", soft, target, exc)
+        return soft
+    log.info("open files: limit raised from %d to %d", soft, target)
+    return target
 
 
 class Appliance:
@@ -261,8 +293,9 @@ class Appliance:
 
     async def run(self) -> None:
         user = service_user(self.config)
-        state = StateDir(self.config.state_dir, user).open()
+        state = StateDir(self.config.state_dir, user)
         try:
+            state.open()
             await self._run(state, user)
         finally:
             state.close()

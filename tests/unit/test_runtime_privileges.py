@@ -100,6 +100,17 @@ def test_hand_over_rechecks_the_inode_it_chowns(state: Path) -> None:
     assert owner(secret) == (0, 0)
 
 
+def test_a_running_appliances_directory_is_not_taken(state: Path) -> None:
+    # The first appliance runs as the user and holds the journal's flock; a second start
+    # must refuse before making the directory root's (the first could not compact then).
+    with LeaseStore(state / LEASES_FILE):
+        for entry in (state / LEASES_FILE, state / (LEASES_FILE + ".lock")):
+            os.chown(entry, USER.uid, USER.gid)
+        with pytest.raises(StartupError, match="is locked by another running appliance"):
+            StateDir(state, USER).open()
+        assert owner(state) == (USER.uid, USER.gid)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
