@@ -335,8 +335,8 @@ class DnsService:
                 if action.tcp and answer is not None and answer[2] & 0x02:
                     answer = await asyncio.wait_for(self._ask_tcp(host, port, query, action, upstream_id), timeout)
             except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError) as exc:
-                self.core.stats["upstream_failures"] += 1
-                self.log.debug("dns: upstream %s:%d failed: %r", host, port, exc)
+                self.core.stats["upstream_failures"] += 1  # clients can trigger it: one line a minute
+                self.warnings.warning(("upstream", host, port), "dns: upstream %s:%d failed: %r", host, port, exc)
                 continue
             if answer is not None:
                 reply(answer)
