@@ -34,7 +34,8 @@ SECRET_TEXT = "root:$y$j9T$not-a-real-hash:19700:0:99999:7:::\n"
 def workdir() -> Iterator[Path]:
     """The appliance's workdir, reachable by nobody (pytest's tmp dirs are 0700), with a
     state_dir owned by nobody, as the first run with `user: nobody` leaves it, and a
-    root-only secret beside it."""
+    root-only secret beside it. Requested before start_appliance: removed after the
+    appliance has stopped."""
     path = Path(tempfile.mkdtemp(prefix="sidus-privdrop-"))
     try:
         path.chmod(0o755)
@@ -62,7 +63,7 @@ def assert_secret_intact(workdir: Path) -> None:
 
 
 def test_links_planted_in_state_dir_are_never_followed(
-    lab: Lab, start_appliance: StartAppliance, workdir: Path, tmp_path: Path
+    lab: Lab, workdir: Path, start_appliance: StartAppliance, tmp_path: Path
 ) -> None:
     state, secret = workdir / "state", workdir / "secret"
     (state / "x").symlink_to(secret)  # the issue's attack
@@ -92,7 +93,7 @@ def test_links_planted_in_state_dir_are_never_followed(
     ids=["hard-link", "symlink"],
 )
 def test_a_journal_that_is_another_file_is_refused(
-    lab: Lab, start_appliance: StartAppliance, workdir: Path, tmp_path: Path, plant, refusal: str
+    lab: Lab, workdir: Path, start_appliance: StartAppliance, tmp_path: Path, plant, refusal: str
 ) -> None:
     journal = workdir / "state" / LEASES_FILE
     plant(journal, workdir / "secret")
