@@ -36,13 +36,14 @@ def load() -> str:
 class NsProcess:
     """A process started in a network namespace (`ip netns exec` execs, so the PID is the program's)."""
 
-    def __init__(self, namespace: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, namespace: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.argv = ["ip", "netns", "exec", namespace, *argv]
         self.log_path = log_path
         with open(log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 self.argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **(env or {})}, cwd=cwd,
             )
 
     @property

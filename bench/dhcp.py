@@ -23,6 +23,9 @@ sent), and the server's CPU per exchange; "held" is the best rate with under 1% 
     sudo .venv/bin/python bench/dhcp.py            # ~6 min, 10 s per step
     sudo .venv/bin/python bench/dhcp.py --quick    # ~2 min, 4 s per step
     sudo .venv/bin/python bench/dhcp.py --servers ours --profile py-spy   # where our time goes
+    sudo .venv/bin/python bench/dhcp.py --servers ours,ours-nofsync,main --baseline fabc926
+        # ours with dhcp.fsync on (the default) and off, and the code of another revision
+        # (a git worktree, removed afterwards): what a change costs, in the same run
 """
 
 from __future__ import annotations
@@ -202,13 +205,24 @@ class Server:
         return ""
 
 
+# Config keys the baseline revision may not know (it refuses unknown keys): left out for it.
+NEWER_KEYS = {"dhcp": ("fsync", "max_quarantine_per_client"), "dns": ("tcp_max_connections", "tcp_max_per_client",
+              "tcp_idle_timeout"), "tftp": ("max_transfers_per_client",)}
+
+
 class Ours(Server):
     name = "ours"
+    fsync: bool | None = True  # dhcp.fsync; None: leave the key out (a revision without it)
 
     def version(self) -> str:
         from importlib.metadata import version
 
-        return f"sidus-appliance {version('sidus-appliance')}, log level {self.args.log_level}"
+        fsync = "" if self.fsync is None else f", dhcp.fsync {'on' if self.fsync else 'off'}"
+        return f"sidus-appliance {version('sidus-appliance')}, log level {self.args.log_level}{fsync}"
+
+    def source(self) -> Path | None:
+        """Where the code comes from: None for this checkout."""
+        return None
 
     def start(self) -> None:
         overrides: dict[str, Any] = {
@@ -222,12 +236,26 @@ class Ours(Server):
             "dns": {"enabled": False},
             "tftp": {"enabled": False},
         }
+        if self.fsync is not None:
+            overrides["dhcp"]["fsync"] = self.fsync
         config = write_lab_config(self.workdir, overrides)
+        source = self.source()
+        env = None
+        if source is not None:
+            import yaml
+
+            data = yaml.safe_load(config.read_text())
+            for section, keys in NEWER_KEYS.items():
+                for key in keys:
+                    data.get(section, {}).pop(key, None)
+            config.write_text(yaml.safe_dump(data, sort_keys=False))
+            env = {**os.environ, "PYTHONPATH": str(source)}
         command = [sys.executable]
         if self.args.profile == "cprofile":
             command += ["-m", "cProfile", "-o", str(self.workdir / "serve.prof")]
         command += ["-m", "sidus_appliance.cli", "--log-level", self.args.log_level, "serve", "--config", str(config)]
-        self.process = NsProcess(self.lab.server_ns, command, self.workdir / "serve.log")
+        self.process = NsProcess(self.lab.server_ns, command, self.workdir / "serve.log", env=env,
+                                 cwd=source)
         # "ready: serving" is an INFO line; at WARNING the bound port 67 is the sign.
         self.process.wait_ready(
             lambda: "ready: serving" in self.process.log() or (
@@ -436,7 +464,40 @@ class Kea(Server):
         return len(addresses), self.leasefile.stat().st_size
 
 
-SERVERS: dict[str, type[Server]] = {"ours": Ours, "dnsmasq": Dnsmasq, "kea": Kea}
+class OursNoFsync(Ours):
+    name = "ours-nofsync"
+    fsync = False
+
+
+class Baseline(Ours):
+    """Our DHCP at another revision (`--baseline REV`), from a git worktree made for the run."""
+
+    name = "main"
+    fsync = None
+
+    def version(self) -> str:
+        return f"sidus-appliance at {self.args.baseline}, log level {self.args.log_level}"
+
+    def source(self) -> Path:
+        tree = self.workdir / "src"
+        if not tree.exists():
+            repo = Path(__file__).resolve().parent.parent
+            subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), self.args.baseline],
+                           check=True, capture_output=True)
+        return tree
+
+    def stop(self) -> None:
+        super().stop()
+        tree = self.workdir / "src"
+        if tree.exists():
+            repo = Path(__file__).resolve().parent.parent
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False,
+                           capture_output=True)
+
+
+SERVERS: dict[str, type[Server]] = {
+    "ours": Ours, "ours-nofsync": OursNoFsync, "main": Baseline, "dnsmasq": Dnsmasq, "kea": Kea,
+}
 
 
 # --------------------------------------------------------------------------- the ladder
@@ -567,7 +628,9 @@ def summary(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 s steps, one bisection step (about 2 minutes)")
-    parser.add_argument("--servers", default="ours,dnsmasq,kea", help="comma-separated subset of ours,dnsmasq,kea")
+    parser.add_argument("--servers", default="ours,dnsmasq,kea",
+                        help="comma-separated subset of ours,ours-nofsync,main,dnsmasq,kea")
+    parser.add_argument("--baseline", default="", help="git revision the server `main` runs (e.g. a commit of main)")
     parser.add_argument("--rates", default=",".join(map(str, LADDER)), help="offered DORA/s ladder")
     parser.add_argument("--period", type=float, help="seconds per step (default 10, --quick 4)")
     parser.add_argument("--refine", type=int, help="bisection steps after the ladder (default 2, --quick 1)")
@@ -589,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SERVERS]
     if unknown:
         parser.error(f"unknown server(s): {', '.join(unknown)}")
+    if "main" in names and not args.baseline:
+        parser.error("server `main` needs --baseline REV")
     tools = ["perfdhcp"] + [t for n, t in (("dnsmasq", "dnsmasq"), ("kea", "kea-dhcp4")) if n in names]
     require_root(tools)
 
