@@ -4,8 +4,8 @@
   UDP and TCP, from a client allowed recursion (the name outside the zones is forwarded there)
   and from one that is not, then a 2,000-packet flood of them: each gets FORMERR with its ID,
   and the log stays small and free of tracebacks;
-- 20 source addresses holding 200 TCP connections, each asking once every 7 s and coming
-  back when closed: `dig +tcp` from another client still gets its answers meanwhile;
+- 128 TCP connections from one address plus 200 from 20 others, each asking once every 7 s and
+  coming back when closed: `dig +tcp` from another client still gets its answers meanwhile;
 - a slowloris TCP client trickling one byte a second is cut off after tcp_idle_timeout.
 
 Each ends with a real client served DHCP, DNS and TFTP and no traceback (checks.assert_still_serves).
@@ -86,25 +86,32 @@ def test_tcp_connections_held_from_many_sources_never_keep_dig_out(lab: Lab, sta
     sources = [f"10.20.17.{100 + n}" for n in range(20)]
     for source in sources[1:]:
         attacker.run(["ip", "addr", "add", f"{source}/24", "dev", "eth0"], check=True)
+    lone = lab.add_client(address="10.20.17.120/24")
     asker = lab.add_client(address="10.20.17.7/24")
-    # 10 connections from each of 20 sources: over the per-source cap (8) and the total (128).
-    holder = attacker.popen([sys.executable, str(SCRIPT), "hold", SERVER, ",".join(sources), "10", "24", "7"],
-                            stdout=-1, stderr=-1)
+    # The attack (128 connections from one address: the per-source cap, 8), and 10
+    # connections from each of 20 other addresses (the total cap, 128, fills and churns).
+    holders = [attacker.popen([sys.executable, str(SCRIPT), "hold", SERVER, ",".join(sources), "10", "24", "7"],
+                              stdout=-1, stderr=-1),
+               lone.popen([sys.executable, str(SCRIPT), "hold", SERVER, "10.20.17.120", "128", "24", "7"],
+                          stdout=-1, stderr=-1)]
     try:
-        assert holder.stdout is not None and holder.stdout.readline().startswith("ready")
+        for holder in holders:
+            assert holder.stdout is not None and holder.stdout.readline().startswith("ready")
         answers = []
         for _ in range(4):
             answers.append(dig_tcp(asker))
             time.sleep(3)
-        stdout, stderr = holder.communicate(timeout=60)
+        outputs = [holder.communicate(timeout=60) for holder in holders]
     finally:
-        end_process(holder)
-    held = json.loads(stdout.splitlines()[-1])
-    assert held["max_open"] >= 128 and held["answers"] > 0, (held, stderr)  # the attack was real
+        for holder in holders:
+            end_process(holder)
+    held = [json.loads(stdout.splitlines()[-1]) for stdout, _ in outputs]
+    assert held[0]["max_open"] >= 128 and held[0]["answers"] > 0, outputs  # the attacks were real
+    assert held[1]["opened"] >= 128 and held[1]["answers"] > 0, outputs
     for n, answer in enumerate(answers):
         assert answer.split() == [SERVER], f"dig +tcp attempt {n + 1} during the attack: {answer!r} ({held})"
     log = appliance.log()
-    assert len(attack_lines(log, *sources)) < 100
+    assert len(attack_lines(log, *sources, "10.20.17.120")) < 100
     checks.assert_still_serves(lab, appliance, tmp_path / "after")
 
 
