@@ -35,6 +35,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from .config import Config
+from .safedir import checked_subdir
 
 Log = Callable[[str], None]
 
@@ -140,6 +141,13 @@ def export_id(exp: Export) -> int:
 
 def ganesha_state_dir(config: Config) -> Path:
     return config.state_dir / "ganesha"
+
+
+def checked_ganesha_state_dir(config: Config) -> Path:
+    """The ganesha state dir, created 0700 and checked not to be a planted link (state_dir belongs
+    to the service user after a privilege drop, and ganesha runs as root)."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return checked_subdir(config.state_dir, "ganesha")
 
 
 def _ganesha_str(text: str) -> str:
@@ -359,7 +367,7 @@ def apply_ganesha(
     for binary in ("ganesha.nfsd", "rpcbind", "rpcinfo"):
         if shutil.which(binary) is None:
             raise NfsError(f"{binary} not found: apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind")
-    paths = ganesha_paths(config)
+    paths = GaneshaPaths(config.nfs.ganesha_config, checked_ganesha_state_dir(config))
     (paths.state / "recovery").mkdir(parents=True, exist_ok=True)
     model = _present(config, log)
     _write_atomic(paths.config, render_ganesha(config, model, paths.state))

@@ -14,6 +14,7 @@ lsinitrd, and a root password asked or generated and printed once (never logged,
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from ..config import Config
+from ..safedir import open_in, private_subdir
 from . import chrootenv as ch
 from .profiles import packages
 
@@ -223,8 +225,14 @@ class Builder:
     # -- driver -------------------------------------------------------------------------
 
     def run(self) -> BuildResult:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as self._log:
+        # state_dir belongs to the service user after a privilege drop: never follow a link there.
+        self.log_path.parent.parent.mkdir(parents=True, exist_ok=True)
+        images = private_subdir(self.log_path.parent.parent, self.log_path.parent.name)
+        try:
+            log_fd = open_in(images, self.log_path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        finally:
+            os.close(images)
+        with open(log_fd, "a") as self._log:
             self._note(f"==== image build {self.name} ({self.suite}/{self.arch}, {self.profile}) "
                        f"{datetime.now(UTC).isoformat(timespec='seconds')}")
             self.say(f"building {self.name} in {self.root} ({self.suite}/{self.arch}, profile {self.profile}); "
