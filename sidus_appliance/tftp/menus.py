@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from sidus_appliance.config import Config, Instance, normalize_mac
+from sidus_appliance.tftp.jail import list_beneath
 
 MODE_ORDER = ("overlay", "aufs", "rw")
 MODE_LABELS = {"overlay": "shared root, changes in RAM", "aufs": "shared root, aufs", "rw": "read-write"}
@@ -25,10 +26,12 @@ def _version_key(version: str) -> list[tuple[int, int | str]]:
 
 
 def kernel_versions(root: Path) -> list[str]:
-    """Versions with both vmlinuz-<v> and initrd.img-<v> in <root>/boot, newest first."""
-    boot = root / "boot"
+    """Versions with both vmlinuz-<v> and initrd.img-<v> in <root>/boot, newest first.
+
+    `boot` is listed jailed in the instance root like the kernels are served: a `boot` symlink
+    out of the instance offers nothing (the tree would refuse its kernels anyway)."""
     try:
-        names = {p.name for p in boot.iterdir()}
+        names = set(list_beneath(root, ["boot"]))
     except OSError:
         return []
     versions = [n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-") and len(n) > len("vmlinuz-")]

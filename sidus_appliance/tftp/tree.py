@@ -11,13 +11,16 @@
 
 Every other pxelinux.cfg lookup (UUID, hex prefixes) is a fast "file not found". No request
 leaves the tree: `..`, symlinks out of the root, NUL bytes and over-long names are refused.
+Files are opened by jail.open_beneath (tftp.root for staged files, the instance root for
+kernels): resolved by the kernel beneath the root in one step, regular files only, never a
+blocking open; netascii is converted while sending (netascii.py), never as a whole-file copy.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -25,11 +28,17 @@ from typing import Any
 
 from sidus_appliance.config import Config
 from sidus_appliance.tftp import protocol
+from sidus_appliance.tftp.jail import NotRegularFile, open_beneath
 from sidus_appliance.tftp.menus import render_menu
+from sidus_appliance.tftp.netascii import NetasciiReader, ScanCache
 
 ARCH_DIRS = ("efi32", "efi64")
 MAX_COMPONENT = 255
-NETASCII_LIMIT = 16 << 20  # netascii needs the whole file converted in memory
+# netascii needs one scan of the file (CR/LF count: its converted size) before the first block,
+# on the event loop; 64 MiB of page cache is a few tens of ms once per file (the result is cached).
+# Beyond, ask for octet: netascii is for text, no boot loader uses it for kernels.
+NETASCII_SCAN_LIMIT = 64 << 20
+_BUSY_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOBUFS)
 
 
 class TreeError(Exception):
@@ -43,6 +52,23 @@ class TreeError(Exception):
         self.refused = refused
 
 
+def tree_error(exc: OSError) -> TreeError:
+    """What an OSError from opening a client's file means for the client."""
+    if isinstance(exc, NotRegularFile):
+        if exc.is_directory:
+            return TreeError(protocol.ERR_NOT_FOUND, "file not found")
+        return TreeError(protocol.ERR_ACCESS, "not a regular file", refused=True)  # FIFO, device, socket
+    if exc.errno in (errno.EXDEV, errno.ELOOP):
+        return TreeError(protocol.ERR_ACCESS, "path leaves the boot tree", refused=True)
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+        return TreeError(protocol.ERR_NOT_FOUND, "file not found")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return TreeError(protocol.ERR_ACCESS, "access violation")
+    if exc.errno in _BUSY_ERRNOS:
+        return TreeError(protocol.ERR_UNDEFINED, "server busy, try again")
+    return TreeError(protocol.ERR_UNDEFINED, f"server error ({errno.errorcode.get(exc.errno or 0, exc.errno)})")
+
+
 @dataclass
 class Resolved:
     name: str  # canonical name, for logs
@@ -50,6 +76,7 @@ class Resolved:
     size: int
     read: protocol.Reader
     close: Callable[[], None]
+    buffered: bool = False  # read already works in big chunks: no read-ahead on top
 
 
 def _bytes_source(name: str, kind: str, data: bytes) -> Resolved:
@@ -61,7 +88,11 @@ def split_path(filename: str) -> list[str]:
     """Normalise a client path into safe components or raise TreeError (access violation)."""
     if "\0" in filename:
         raise TreeError(protocol.ERR_ACCESS, "NUL byte in file name", refused=True)
-    if len(filename.encode("utf-8", "surrogateescape")) > protocol.MAX_FILENAME:
+    try:
+        encoded = filename.encode("utf-8", "surrogateescape")
+    except UnicodeError:  # a lone surrogate that no client byte string decodes to
+        raise TreeError(protocol.ERR_ACCESS, "file name not encodable", refused=True) from None
+    if len(encoded) > protocol.MAX_FILENAME:
         raise TreeError(protocol.ERR_ACCESS, "file name too long", refused=True)
     parts = []
     # Windows-style clients send backslashes; a leading '/' means the tree's root, as with
@@ -108,9 +139,10 @@ class BootTree:
     def __init__(self, config: Config, leases: Any = None) -> None:
         self.config = config
         self.leases = leases
-        self.root = Path(os.path.realpath(config.tftp.root))
+        self.root = Path(config.tftp.root)
         self.instances = {inst.name: inst for inst in config.instances}
         self.hosts_by_ip = {h.address: h.mac for h in config.hosts}
+        self.scans = ScanCache()
 
     def resolve(self, filename: str, netascii: bool = False) -> Resolved:
         parts = split_path(filename)
@@ -120,7 +152,7 @@ class BootTree:
             return self._menu(parts, netascii)
         if len(parts) == 1 and "@" in parts[0] and parts[0].startswith(("vmlinuz-", "initrd.img-")):
             return self._kernel(parts[0], netascii)
-        return self._file(self.root, self.root.joinpath(*parts), "/".join(parts), "file", netascii)
+        return self._file(self.root, parts, "/".join(parts), "file", netascii)
 
     def _menu(self, parts: list[str], netascii: bool) -> Resolved:
         if len(parts) != 2:
@@ -155,32 +187,40 @@ class BootTree:
         inst = self.instances.get(inst_name)
         if inst is None or not base:
             raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
-        inst_root = Path(os.path.realpath(inst.root))
-        return self._file(inst_root, inst_root / "boot" / base, name, "kernel", netascii)
+        return self._file(inst.root, ["boot", base], name, "kernel", netascii)
 
-    def _file(self, jail: Path, path: Path, name: str, kind: str, netascii: bool) -> Resolved:
-        real = os.path.realpath(path)
-        if not real.startswith(str(jail).rstrip("/") + "/"):
-            raise TreeError(protocol.ERR_ACCESS, "path leaves the boot tree", refused=True)
+    def _file(self, jail: Path, parts: Sequence[str], name: str, kind: str, netascii: bool) -> Resolved:
         try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise TreeError(protocol.ERR_NOT_FOUND, "file not found") from None
-        except OSError:
-            raise TreeError(protocol.ERR_ACCESS, "access violation") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
-        if netascii:
-            try:
-                if st.st_size > NETASCII_LIMIT:
-                    raise TreeError(protocol.ERR_ACCESS, "file too large for netascii, use octet")
-                data = os.pread(fd, st.st_size, 0)
-            finally:
-                os.close(fd)
-            return _bytes_source(name, kind, protocol.to_netascii(data))
+            fd, st = open_beneath(jail, parts)
+        except OSError as exc:
+            raise tree_error(exc) from None
         # os.pread rather than mmap: a kernel replaced under us (image rebuild) must not SIGBUS
         # the whole appliance; the file we opened stays readable until we close it.
         pread = os.pread
-        return Resolved(name, kind, st.st_size, lambda offset, length: pread(fd, length, offset), lambda: os.close(fd))
+
+        def read(offset: int, length: int) -> bytes:
+            return pread(fd, length, offset)
+
+        closed = False
+
+        def close() -> None:  # idempotent: a second os.close could hit a reused descriptor number
+            nonlocal closed
+            if not closed:
+                closed = True
+                os.close(fd)
+
+        if not netascii:
+            return Resolved(name, kind, st.st_size, read, close)
+        try:
+            if st.st_size > NETASCII_SCAN_LIMIT:
+                raise TreeError(protocol.ERR_ACCESS, "file too large for netascii, use octet")
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            starts = self.scans.starts(identity, read, st.st_size)
+        except OSError as exc:
+            close()
+            raise tree_error(exc) from None
+        except BaseException:
+            close()
+            raise
+        reader = NetasciiReader(read, starts)
+        return Resolved(name, kind, reader.size, reader, close, buffered=True)

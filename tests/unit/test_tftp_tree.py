@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import threading
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from sidus_appliance.tftp import protocol
+from sidus_appliance.tftp import tree as tree_module
+from sidus_appliance.tftp.menus import kernel_versions
 from sidus_appliance.tftp.tree import BootTree, TreeError
 from tests.unit.test_menus import MASTER, make_config, make_root
 
@@ -128,3 +133,101 @@ def test_netascii(tree, tmp_path):
     (tmp_path / "tftp" / "text").write_bytes(b"a\nb\n")
     assert read_all(tree, "text", netascii=True) == b"a\r\nb\r\n"
     assert b"\r\n" in read_all(tree, "pxelinux.cfg/default", netascii=True)
+
+
+# ------------------------------------------------------------------ planted files (hostile master)
+
+BOOT = ("nfsroot", "bookworm", "boot")
+
+
+def test_fifo_and_device_nodes_are_refused_without_blocking(tree, tmp_path):
+    boot = tmp_path.joinpath(*BOOT)
+    os.mkfifo(boot / "vmlinuz-fifo")
+    os.mknod(boot / "vmlinuz-dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.mkfifo(tmp_path / "tftp" / "loader.fifo")
+    for name in ("vmlinuz-fifo@bookworm", "efi64/vmlinuz-fifo@bookworm", "vmlinuz-dev@bookworm", "loader.fifo"):
+        for netascii in (False, True):
+            outcome: list[BaseException] = []
+            thread = threading.Thread(target=lambda n=name, a=netascii, o=outcome: o.append(resolve_error(tree, n, a)))
+            thread.start()
+            thread.join(5)
+            assert not thread.is_alive(), f"{name}: the open blocked"
+            (exc,) = outcome
+            assert exc.code == protocol.ERR_ACCESS and exc.refused, name
+
+
+def resolve_error(tree: BootTree, name: str, netascii: bool = False) -> TreeError:
+    with pytest.raises(TreeError) as exc:
+        tree.resolve(name, netascii)
+    return exc.value
+
+
+def test_boot_swapped_for_a_link_out_of_the_instance(tree, tmp_path):
+    boot = tmp_path.joinpath(*BOOT)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "vmlinuz-6.1.0-18-amd64").write_bytes(b"SECRET")
+    os.rename(boot, boot.parent / "boot.real")
+    os.symlink(tmp_path / "outside", boot)
+    exc = resolve_error(tree, "vmlinuz-6.1.0-18-amd64@bookworm")
+    assert exc.code == protocol.ERR_ACCESS and exc.refused
+    assert kernel_versions(boot.parent) == []  # nor does the menu list what lies outside
+
+
+def test_no_realpath_of_client_paths(tree, monkeypatch):
+    """The check-then-open race came from realpath: it is not used on a client's path at all."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("realpath of an untrusted path")
+
+    monkeypatch.setattr(os.path, "realpath", forbidden)
+    assert read_all(tree, "vmlinuz-6.1.0-18-amd64@bookworm") == b"kernel 6.1.0-18-amd64"
+    assert read_all(tree, "sub/x") == b"x"
+    assert resolve_error(tree, "escape").refused
+
+
+@pytest.mark.parametrize(("err", "code", "refused"), [
+    (errno.EXDEV, protocol.ERR_ACCESS, True),
+    (errno.ELOOP, protocol.ERR_ACCESS, True),
+    (errno.ENOENT, protocol.ERR_NOT_FOUND, False),
+    (errno.ENOTDIR, protocol.ERR_NOT_FOUND, False),
+    (errno.EACCES, protocol.ERR_ACCESS, False),
+    (errno.EMFILE, protocol.ERR_UNDEFINED, False),
+    (errno.ENFILE, protocol.ERR_UNDEFINED, False),
+    (errno.EIO, protocol.ERR_UNDEFINED, False),
+])
+def test_every_os_error_is_a_tftp_error(tree, monkeypatch, err, code, refused):
+    def failing(*args, **kwargs):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(tree_module, "open_beneath", failing)
+    exc = resolve_error(tree, "pxelinux.0")
+    assert (exc.code, exc.refused) == (code, refused)
+
+
+def test_netascii_scan_errors_close_the_file(tree, tmp_path, monkeypatch):
+    (tmp_path / "tftp" / "text").write_bytes(b"a\n" * 10)
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(tree.scans, "starts", failing)
+    before = len(os.listdir("/proc/self/fd"))
+    assert resolve_error(tree, "text", netascii=True).code == protocol.ERR_UNDEFINED
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_netascii_of_a_huge_file_is_refused(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(tree_module, "NETASCII_SCAN_LIMIT", 10)
+    (tmp_path / "tftp" / "text").write_bytes(b"a\n" * 10)
+    assert resolve_error(tree, "text", netascii=True).code == protocol.ERR_ACCESS
+    assert read_all(tree, "text") == b"a\n" * 10  # octet is fine
+
+
+def test_close_is_idempotent(tree):
+    r = tree.resolve("pxelinux.0")
+    r.close()
+    spare = os.open("/dev/null", os.O_RDONLY)  # may reuse the number the file had
+    try:
+        r.close()
+        os.fstat(spare)  # still open: the second close did not close somebody else's descriptor
+    finally:
+        os.close(spare)
