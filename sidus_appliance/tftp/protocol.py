@@ -181,6 +181,11 @@ class Session:
         self.deadline = 0.0
         self.resent = 0  # windows sent again (timeouts, partial ACKs): a lossy path shows here
 
+    @property
+    def acknowledged(self) -> bool:
+        """The client acknowledged something (the OACK or a block): a live client, not a flood."""
+        return self.acked > (-1 if self.oack is not None else 0)
+
     def start(self, now: float) -> list[bytes]:
         self._arm(now)
         if self.oack is not None:

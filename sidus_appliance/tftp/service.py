@@ -1,8 +1,11 @@
 """asyncio transport for TFTP: a listener on tftp.port, one UDP socket per transfer.
 
-The protocol lives in ``protocol.Session`` (sans-IO); this module only moves datagrams.
+The protocol lives in ``protocol.Session`` (sans-IO) and the request policy (refusals, caps,
+duplicates, replaced and reclaimed transfers) in ``requests.RequestCore`` (sans-IO); this module
+only carries their decisions out and moves datagrams.
 
-Requests are handled on the asyncio loop (parse, tree lookup, errors, transfer cap, logs).
+Requests are handled on the asyncio loop (core decision, tree lookup, errors, logs); warnings a
+client can trigger at will are rate-limited per (reason, client address).
 Each accepted transfer then gets its own socket (an ephemeral port, RFC 1350), *connected*
 to the client so the kernel drops strangers ("unknown TID" for free). Lock-step TFTP is
 bound by the round-trip time per block, and bench/tftp.py measured the Session pumped from
@@ -38,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from sidus_appliance.config import Config, TftpConfig
+from sidus_appliance.ratelimit import RateLimitedLog
 from sidus_appliance.tftp import protocol
+from sidus_appliance.tftp.requests import RECHECK_DELAY, Action, Decision, Policy, RequestCore
 from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
@@ -46,7 +51,7 @@ SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the sen
 DEDICATED_THREADS = 0  # see the module docstring; SIDUS_TFTP_THREADS overrides (bench experiments)
 RECV_SIZE = 1024  # clients send ACKs (4 bytes) and ERRORs; a 64 KiB buffer per recv costs more
 TICK = 0.05  # seconds between retransmission checks of the pump thread
-RECHECK = 0.02  # seconds: a same-client RRQ waits this long for the old transfer to end
+LOG_INTERVAL = 60.0  # seconds: at most one line per (reason, client address) for what a client can repeat
 
 
 READ_AHEAD = 64 * 1024  # bytes per pread of a file being sent (see read_ahead)
@@ -133,7 +138,8 @@ def send_packets(transfer: _Transfer, packets: list[bytes]) -> None:
 
 
 class _Transfer:
-    __slots__ = ("cancelled", "client", "gso", "request", "resolved", "session", "sock", "started", "threaded")
+    __slots__ = ("cancelled", "client", "gso", "reason", "request", "resolved", "session", "sock", "started",
+                 "threaded")
 
     def __init__(self, sock: socket.socket, client: tuple[str, int], request: bytes,
                  resolved: Resolved, session: protocol.Session, started: float) -> None:
@@ -144,10 +150,20 @@ class _Transfer:
         self.session = session
         self.started = started
         self.cancelled = False
+        self.reason = "cancelled"
         self.threaded = False
         self.gso = True
 
-    def cancel(self) -> None:
+    @property
+    def acknowledged(self) -> bool:  # requests.Handle
+        return self.session.acknowledged
+
+    @property
+    def done(self) -> bool:  # requests.Handle
+        return self.session.done
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.reason = reason
         self.cancelled = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv
@@ -171,7 +187,7 @@ class _Transfer:
                     continue
                 if not data:
                     if self.cancelled:
-                        outcome = "cancelled"
+                        outcome = self.reason
                         break
                     continue
                 out = session.receive(data, now())
@@ -191,8 +207,8 @@ class _Transfer:
                     _set_receive_timeout(sock, session.deadline - now())
         except ConnectionRefusedError:  # ICMP port unreachable: the client went away
             outcome = "client unreachable"
-        except OSError as exc:
-            outcome = "cancelled" if self.cancelled else f"socket error: {exc}"
+        except OSError as exc:  # the socket, or reading the file (EIO...): this transfer ends, nothing else
+            outcome = self.reason if self.cancelled else f"error: {exc}"
         finally:
             sock.close()
             self.resolved.close()
@@ -242,7 +258,7 @@ class _Pump(threading.Thread):
                     # but a MSG_DONTWAIT recv of a shut-down UDP socket fails with EAGAIN, it does
                     # not return b"": end it here, or this loop spins on it and the transfer,
                     # its sends failing with EPIPE, lingers until its retries run out.
-                    self._end(fd, transfer, "cancelled")
+                    self._end(fd, transfer, transfer.reason)
                     continue
                 try:
                     data = transfer.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
@@ -252,7 +268,11 @@ class _Pump(threading.Thread):
                     self._end(fd, transfer, "client unreachable")
                     continue
                 session = transfer.session
-                self._send(fd, transfer, session.receive(data, t))
+                try:
+                    self._send(fd, transfer, session.receive(data, t))
+                except OSError as exc:  # reading the file (EIO, a vanished NFS...): this transfer only
+                    self._end(fd, transfer, f"read error: {exc}")
+                    continue
                 if session.done:
                     self._end(fd, transfer, session.outcome)
             if t >= next_check:
@@ -260,9 +280,13 @@ class _Pump(threading.Thread):
                 for fd, transfer in list(table.items()):
                     session = transfer.session
                     if transfer.cancelled:
-                        self._end(fd, transfer, "cancelled")
+                        self._end(fd, transfer, transfer.reason)
                     elif t >= session.deadline:
-                        self._send(fd, transfer, session.poll(t))
+                        try:
+                            self._send(fd, transfer, session.poll(t))
+                        except OSError as exc:
+                            self._end(fd, transfer, f"read error: {exc}")
+                            continue
                         if session.done:
                             self._end(fd, transfer, session.outcome)
         for fd, transfer in list(self.table.items()):
@@ -294,8 +318,8 @@ class _Listener(asyncio.DatagramProtocol):
 class TftpService:
     def __init__(self, config: Config, leases: Any, log: logging.Logger) -> None:
         self.log = log
+        self.rlog = RateLimitedLog(log, interval=LOG_INTERVAL)
         self.leases = leases
-        self.transfers: dict[tuple[str, int], _Transfer] = {}
         self.listener: asyncio.DatagramTransport | None = None
         self.error_sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -304,12 +328,20 @@ class TftpService:
         self.threaded = 0  # transfers running on a dedicated thread now
         self.max_threaded = int(os.environ.get("SIDUS_TFTP_THREADS", DEDICATED_THREADS))
         self.bind_ip, self.port = str(config.server_ip), config.tftp.port
+        self.requests = RequestCore(Policy())
+        self._reaper: asyncio.TimerHandle | None = None
+        self._reaper_at = 0.0
         self.reload(config)
+
+    @property
+    def transfers(self) -> dict[tuple[str, int], Any]:
+        """The running transfers' entries, by client address (the request core's table)."""
+        return self.requests.transfers
 
     # ------------------------------------------------------------------ lifecycle
 
     def reload(self, config: Config) -> None:
-        """New config: new tree and limits for new transfers; running ones finish as they were.
+        """New config: new tree, limits and caps for new transfers; running ones finish as they were.
 
         The listening address and port stay those bound at start (a restart moves them)."""
         if self.listener is not None and (str(config.server_ip), config.tftp.port) != (self.bind_ip, self.port):
@@ -318,6 +350,8 @@ class TftpService:
         self.config = config
         self.tree = BootTree(config, self.leases)
         self.limits = limits_for(config)
+        t = config.tftp
+        self.requests.policy = Policy.from_limits(t.max_transfers, t.max_transfers_per_client, t.timeout)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -341,8 +375,11 @@ class TftpService:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
-        for transfer in list(self.transfers.values()):
-            transfer.cancel()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for transfer in self.requests.clear():
+            transfer.cancel("server shutting down")
             self._finish(transfer, "server shutting down")
         if self.pump is not None:
             self.pump.stop()
@@ -359,81 +396,112 @@ class TftpService:
                 self.error_sock.sendto(protocol.error_packet(code, message), addr)
 
     def on_request(self, data: bytes, addr: tuple[str, int], recheck: bool = False) -> None:
-        if len(data) >= 2 and data[0] == 0 and data[1] in (protocol.DATA, protocol.ACK, protocol.ERROR, protocol.OACK):
-            return  # strays for an old transfer: answering could loop
-        try:
-            request = protocol.parse_request(data)
-        except protocol.RequestError as exc:
-            self.log.info("tftp: %s:%d: bad request: %s", addr[0], addr[1], exc.message)
-            self._error(addr, exc.code, exc.message)
-            return
-        if request.opcode == protocol.WRQ:
-            self.log.warning("tftp: %s:%d: write request for %r refused", addr[0], addr[1], request.filename)
-            self._error(addr, protocol.ERR_ACCESS, "access violation: this server is read-only")
-            return
-        old = self.transfers.get(addr)
-        if old is not None and old.session.done:
-            old = None  # ended on its pump thread (ERROR from the client...); _finish is on its way
-        if old is not None and old.request == data:
-            # The same request from the same port while its transfer runs. Either the client
-            # repeated it because our answer was late (a busy client or a busy loop: the copy
-            # can reach us after the transfer moved on) — the running transfer answers it, and
-            # the client, connected to that transfer's port by now, would never hear a second
-            # one: cancelling the first stranded it mid-file — or, as EDK II does after its
-            # tsize probe, it sent ERROR 8 to the old port and asked again: that transfer never
-            # got past its OACK and its pump is ending it; look again in a moment.
-            if not recheck and old.session.acked < 1:
-                assert self.loop is not None
-                self.loop.call_later(RECHECK, self.on_request, data, addr, True)
-            return
-        if old is not None:  # another request from the same port: the client moved on
+        now = time.monotonic()
+        decision = self.requests.receive(data, addr, now, recheck)
+        for old in decision.cancel:  # the client moved on from that port
             old.cancel()
-            del self.transfers[addr]
-        if len(self.transfers) >= self.config.tftp.max_transfers:
-            self.log.warning("tftp: %s:%d: %d transfers running, %r refused", addr[0], addr[1],
-                             len(self.transfers), request.filename)
-            self._error(addr, protocol.ERR_UNDEFINED, "server busy, try again")
-            return
+        action = decision.action
+        if action is Action.START:
+            self._start(data, addr, decision, now)
+        elif action is Action.REFUSE:
+            if decision.reason:
+                level = logging.WARNING if decision.warn else logging.INFO
+                self.rlog.log_line((decision.reason, addr[0]), level, "tftp: %s:%d: %s", addr[0], addr[1],
+                                   decision.note)
+            self._error(addr, decision.code, decision.message)
+        elif action is Action.RECHECK:
+            assert self.loop is not None
+            self.loop.call_later(RECHECK_DELAY, self.on_request, data, addr, True)
+
+    def _start(self, data: bytes, addr: tuple[str, int], decision: Decision, now: float) -> None:
+        request = decision.request
+        assert request is not None
         try:
             resolved = self.tree.resolve(request.filename, request.mode == "netascii")
         except TreeError as exc:
-            if exc.refused:
-                self.log.warning("tftp: %s:%d: refused %r: %s", addr[0], addr[1], request.filename, exc.message)
-            else:
-                self.log.debug("tftp: %s:%d: %r: %s", addr[0], addr[1], request.filename, exc.message)
+            self._log_tree_error(addr, request.filename, exc)
             self._error(addr, exc.code, exc.message)
             return
-        self._begin(addr, data, request, resolved)
-
-    def _begin(self, addr: tuple[str, int], raw: bytes, request: protocol.Request, resolved: Resolved) -> None:
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.bind((self.bind_ip, 0))
-            sock.connect(addr)
-        except OSError as exc:
-            resolved.close()
-            self.log.error("tftp: %s:%d: cannot open a transfer socket: %s", addr[0], addr[1], exc)
+        except OSError as exc:  # the tree maps what it expects; anything else still ends here
+            self._log_tree_error(addr, request.filename, TreeError(protocol.ERR_UNDEFINED, f"server error: {exc}"))
             self._error(addr, protocol.ERR_UNDEFINED, "server error")
             return
+        transfer = self._begin(addr, data, request, resolved, now)
+        if transfer is None:
+            return
+        for reclaimed in self.requests.started(addr, transfer, data, now, decision):
+            self.rlog.info(("reclaimed", reclaimed.client[0]), "tftp: %s:%d: %s: slot reclaimed for %s:%d (every "
+                           "slot taken, no ACK yet)", *reclaimed.client, reclaimed.resolved.name, *addr)
+            reclaimed.cancel("reclaimed: never acknowledged while every slot was taken")
+        self._arm_reaper()
+        self._launch(transfer)
+
+    def _log_tree_error(self, addr: tuple[str, int], filename: str, exc: TreeError) -> None:
+        if exc.refused:
+            self.rlog.warning(("refused", addr[0]), "tftp: %s:%d: refused %r: %s", addr[0], addr[1], filename,
+                              exc.message)
+        elif exc.code == protocol.ERR_UNDEFINED:  # out of descriptors, memory...: the server's trouble
+            self.rlog.warning(("server error", addr[0]), "tftp: %s:%d: %r: %s", addr[0], addr[1], filename,
+                              exc.message)
+        else:
+            self.log.debug("tftp: %s:%d: %r: %s", addr[0], addr[1], filename, exc.message)
+
+    def _begin(self, addr: tuple[str, int], raw: bytes, request: protocol.Request, resolved: Resolved,
+               now: float) -> _Transfer | None:
+        try:
+            sock = transfer_socket(self.bind_ip, addr)
+        except OSError as exc:  # EMFILE/ENFILE under a flood: this request fails, not the service
+            resolved.close()
+            self.rlog.error(("socket", addr[0]), "tftp: %s:%d: cannot open a transfer socket: %s", addr[0], addr[1],
+                            exc)
+            self._error(addr, protocol.ERR_UNDEFINED, "server busy, try again")
+            return None
         negotiated = protocol.negotiate(request.options, self.limits, resolved.size)
-        read = read_ahead(resolved.read, resolved.size) if resolved.size > READ_AHEAD else resolved.read
+        read = resolved.read
+        if resolved.size > READ_AHEAD and not resolved.buffered:
+            read = read_ahead(read, resolved.size)
         session = protocol.Session(read, resolved.size, negotiated, self.limits)
-        transfer = _Transfer(sock, addr, raw, resolved, session, time.monotonic())
-        self.transfers[addr] = transfer
         self.log.debug("tftp: %s:%d: %s %s (%d bytes) options %s", addr[0], addr[1], resolved.kind,
                        resolved.name, resolved.size, negotiated.oack or "none")
+        return _Transfer(sock, addr, raw, resolved, session, now)
+
+    def _launch(self, transfer: _Transfer) -> None:
         if self.pump is not None and self.threaded >= self.max_threaded:
+            # A send error, or reading block 1 failed: the pump's timer retries or ends the transfer.
             with contextlib.suppress(OSError):
-                send_packets(transfer, session.start(transfer.started))
+                send_packets(transfer, transfer.session.start(transfer.started))
             self.pump.add(transfer)
             return
         self.threaded += 1
         transfer.threaded = True
+        addr = transfer.client
         thread = threading.Thread(target=transfer.pump, args=(self._pump_done,), daemon=True,
                                   name=f"tftp {addr[0]}:{addr[1]}")
         thread.start()
+
+    # ------------------------------------------------------------------ idle transfers
+
+    def _arm_reaper(self) -> None:
+        """Wake up at the request core's next first-ACK deadline (aioquic's get_timer style)."""
+        when = self.requests.next_deadline()
+        if when is None or self.loop is None:
+            return
+        if self._reaper is not None:
+            if self._reaper_at <= when:
+                return
+            self._reaper.cancel()
+        self._reaper_at = when
+        self._reaper = self.loop.call_later(max(0.0, when - time.monotonic()), self._reap)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        for addr, transfer in self.requests.expired(time.monotonic()):
+            self.rlog.info(("reclaimed", addr[0]), "tftp: %s:%d: %s: no ACK within %.1f s, slot reclaimed", *addr,
+                           transfer.resolved.name, self.requests.policy.first_ack_deadline)
+            transfer.cancel("never acknowledged")
+        self._arm_reaper()
+
+    # ------------------------------------------------------------------ ends
 
     def _pump_done(self, transfer: _Transfer, outcome: str) -> None:
         """Called from the pump thread: hand the end of the transfer to the loop."""
@@ -446,8 +514,7 @@ class TftpService:
         if transfer.threaded:
             transfer.threaded = False
             self.threaded -= 1
-        if self.transfers.get(transfer.client) is transfer:
-            del self.transfers[transfer.client]
+        self.requests.finished(transfer.client, transfer)
         elapsed = time.monotonic() - transfer.started
         host, port = transfer.client
         if outcome == "complete":
@@ -455,9 +522,24 @@ class TftpService:
             self.log.info("tftp: %s:%d: sent %s (%d bytes, %.2f s, blksize %d, windowsize %d, %d resent)", host, port,
                           transfer.resolved.name, transfer.resolved.size, elapsed, transfer.session.blksize,
                           transfer.session.windowsize, transfer.session.resent)
-        else:
-            self.log.info("tftp: %s:%d: %s stopped after %.2f s: %s", host, port, transfer.resolved.name,
-                          elapsed, outcome)
+        else:  # a client can end transfers at will (new RRQs, no ACKs, ICMP): rate-limited per kind of end
+            kind = outcome.split(" (", 1)[0].split(":", 1)[0]
+            self.rlog.info(("stopped", host, kind), "tftp: %s:%d: %s stopped after %.2f s: %s", host, port,
+                           transfer.resolved.name, elapsed, outcome)
+
+
+def transfer_socket(bind_ip: str, client: tuple[str, int]) -> socket.socket:
+    """A transfer's own UDP socket: a new port (its TID), connected to the client."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.bind((bind_ip, 0))
+        sock.connect(client)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 # ---------------------------------------------------------------------- standalone (bench)

@@ -19,6 +19,7 @@ import yaml
 
 from sidus_appliance.config import Instance, parse_config
 from sidus_appliance.tftp import protocol as p
+from sidus_appliance.tftp import service as service_module
 from sidus_appliance.tftp.service import TftpService
 
 
@@ -35,7 +36,9 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int
     port = free_port()
     config = parse_config(yaml.safe_dump({
         "interface": "lo", "address": "127.0.0.1/8", "domain": "test.zone",
-        "tftp": {"root": str(root), "port": port, "timeout": 0.2, "retries": 2, "max_transfers": 300},
+        # every test client is 127.0.0.1: the per-client cap as high as the total unless a test lowers it
+        "tftp": {"root": str(root), "port": port, "timeout": 0.2, "retries": 2, "max_transfers": 300,
+                 "max_transfers_per_client": 300},
     }))
     loop = asyncio.new_event_loop()
     service = TftpService(config, None, logging.getLogger("test.tftp"))
@@ -138,25 +141,147 @@ def test_repeated_rrq_does_not_start_a_second_stream(server):
     assert addr == first and data[:4] == b"\x00\x03\x00\x01"
 
 
-def test_transfer_cap_and_idle_timeout(server):
+def reconfigure(service: TftpService, **tftp: object) -> None:
+    service.reload(replace(service.config, tftp=replace(service.config.tftp, **tftp)))
+
+
+def error_of(s: socket.socket) -> tuple[int, str]:
+    data, _ = s.recvfrom(1000)
+    opcode, code = struct.unpack("!HH", data[:4])
+    assert opcode == p.ERROR, data
+    return code, data[4:-1].decode()
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return True
+        threading.Event().wait(0.05)
+    return condition()
+
+
+def test_transfer_cap_refuses_when_every_transfer_is_alive(server):
     port, root, service = server
-    service.config = replace(service.config, tftp=replace(service.config.tftp, max_transfers=3))
+    reconfigure(service, max_transfers=3)
+    (root / "f").write_bytes(b"f" * 5000)
+    live = [client() for _ in range(3)]
+    for s in live:  # three clients that ACK block 1, then stall: answered, not reclaimable
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+        _, addr = s.recvfrom(1000)
+        s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+        assert s.recvfrom(1000)[0][:4] == b"\x00\x03\x00\x02"
+    late = client()
+    late.sendto(rrq("f"), ("127.0.0.1", port))
+    assert error_of(late) == (p.ERR_UNDEFINED, "server busy, try again")
+    # timeout 0.2 s, 2 retries with backoff: gone after 0.2 + 0.4 + 0.8 s
+    assert wait_until(lambda: not service.transfers)
+    assert fetch(port, "f") == b"f" * 5000
+
+
+def test_unanswered_transfers_give_their_slot_to_a_new_client(server, caplog):
+    port, root, service = server
+    reconfigure(service, max_transfers=3)
     (root / "f").write_bytes(b"f" * 5000)
     idle = [client() for _ in range(3)]
     for s in idle:  # three clients that never ACK
         s.sendto(rrq("f"), ("127.0.0.1", port))
         s.recvfrom(1000)
-    late = client()
-    late.sendto(rrq("f"), ("127.0.0.1", port))
-    data, _ = late.recvfrom(1000)
-    assert data[:4] == b"\x00\x05\x00\x00"  # busy
-    # timeout 0.2 s, 2 retries with backoff: gone after 0.2 + 0.4 + 0.8 s
-    deadline = 5.0
-    while service.transfers and deadline > 0:
-        threading.Event().wait(0.1)
-        deadline -= 0.1
-    assert not service.transfers
-    assert fetch(port, "f") == b"f" * 5000
+    threading.Event().wait(0.3)  # older than one retransmission interval (0.2 s)
+    with caplog.at_level(logging.INFO, logger="test.tftp"):
+        assert fetch(port, "f") == b"f" * 5000
+    assert "slot reclaimed" in caplog.text
+
+
+def test_per_client_cap_leaves_room_for_other_clients(server, caplog):
+    port, root, service = server
+    reconfigure(service, max_transfers_per_client=2)
+    (root / "f").write_bytes(b"f" * 5000)
+    mine = [client() for _ in range(2)]
+    for s in mine:
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+        s.recvfrom(1000)
+    extra = [client() for _ in range(5)]
+    with caplog.at_level(logging.WARNING, logger="test.tftp"):
+        for s in extra:
+            s.sendto(rrq("f"), ("127.0.0.1", port))
+            assert error_of(s) == (p.ERR_UNDEFINED, "too many transfers")
+    assert caplog.text.count("too many transfers") == 1  # rate-limited per (reason, host)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.settimeout(3)
+    other.bind(("127.0.0.2", 0))  # another host on the loopback network
+    other.sendto(rrq("f"), ("127.0.0.1", port))
+    data, _ = other.recvfrom(1000)
+    assert data[:4] == b"\x00\x03\x00\x01"
+
+
+def test_never_acknowledged_transfer_loses_its_slot_early(server, caplog):
+    port, root, service = server
+    reconfigure(service, retries=5)  # alone, the session would retransmit for 0.2 x 63 = 12.6 s
+    (root / "f").write_bytes(b"f" * 5000)
+    s = client()
+    with caplog.at_level(logging.INFO, logger="test.tftp"):
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+        s.recvfrom(1000)
+        assert service.transfers
+        assert wait_until(lambda: not service.transfers, 5.0)  # first-ACK deadline 7 x 0.2 s
+    assert "no ACK within" in caplog.text
+
+
+def test_no_transfer_socket_is_an_error_for_that_request(server, monkeypatch):
+    """EMFILE under a flood: that client gets an ERROR, the service goes on."""
+    port, root, _ = server
+    (root / "f").write_bytes(b"f" * 100)
+
+    def no_descriptors(*args: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(service_module, "transfer_socket", no_descriptors)
+    s = client()
+    s.sendto(rrq("f"), ("127.0.0.1", port))
+    assert error_of(s) == (p.ERR_UNDEFINED, "server busy, try again")
+    monkeypatch.undo()
+    assert fetch(port, "f") == b"f" * 100
+
+
+def test_unexpected_os_error_while_resolving_is_an_error_for_that_request(server, monkeypatch):
+    port, _, service = server
+
+    def broken(*args: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(service.tree, "resolve", broken)
+    s = client()
+    s.sendto(rrq("f"), ("127.0.0.1", port))
+    assert error_of(s)[0] == p.ERR_UNDEFINED
+
+
+def test_read_error_mid_transfer_ends_that_transfer_only(server, monkeypatch):
+    port, root, service = server
+    (root / "f").write_bytes(b"a" * 512 + b"b" * 512 + b"c")
+    (root / "g").write_bytes(b"g" * 10)
+    real_resolve = service.tree.resolve
+
+    def failing_after_block_1(name: str, netascii: bool = False):
+        resolved = real_resolve(name, netascii)
+        read = resolved.read
+
+        def reader(offset: int, length: int) -> bytes:
+            if offset > 0:
+                raise OSError(errno.EIO, "I/O error")
+            return read(offset, length)
+
+        resolved.read = reader
+        return resolved
+
+    monkeypatch.setattr(service.tree, "resolve", failing_after_block_1)
+    s = client()
+    s.sendto(rrq("f"), ("127.0.0.1", port))
+    data, addr = s.recvfrom(1000)
+    assert data[:4] == b"\x00\x03\x00\x01"
+    s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+    assert wait_until(lambda: not service.transfers)
+    monkeypatch.undo()
+    assert fetch(port, "g") == b"g" * 10  # the pump still runs
 
 
 def test_hundreds_of_concurrent_transfers(server):
