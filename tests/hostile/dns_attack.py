@@ -9,6 +9,7 @@ Every mode is bounded in count and time and talks only to the server address it 
                                sending one query every INTERVAL s and reconnecting when closed,
                                for SECONDS; prints "ready" once all were tried, then a JSON summary
   slowloris SERVER SECONDS     one query trickled 1 byte per second; JSON: was it cut off, and when
+  connections SERVER N SECONDS N connections at once, one query on each, answers awaited SECONDS
 """
 
 from __future__ import annotations
@@ -177,6 +178,31 @@ def slowloris(server: str, seconds: float) -> None:
                       "seconds": round(time.monotonic() - start, 1)}))
 
 
+async def connections(server: str, count: int, seconds: float) -> None:
+    q = query("gateway", 0x6006)
+
+    async def one() -> bool:
+        try:
+            reader, writer = await asyncio.open_connection(server, PORT)
+        except OSError:
+            return False
+        try:
+            writer.write(struct.pack("!H", len(q)) + q)
+            (size,) = struct.unpack("!H", await reader.readexactly(2))
+            await reader.readexactly(size)
+            return True
+        except (OSError, EOFError):
+            return False
+        finally:
+            writer.close()
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(count)]
+    done, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    print(json.dumps({"tried": count, "answered": sum(1 for t in done if t.result())}))
+
+
 def main(argv: list[str]) -> None:
     mode, server, *rest = argv
     if mode == "ask":
@@ -187,6 +213,8 @@ def main(argv: list[str]) -> None:
         asyncio.run(hold(server, rest[0].split(","), int(rest[1]), float(rest[2]), float(rest[3])))
     elif mode == "slowloris":
         slowloris(server, float(rest[0]))
+    elif mode == "connections":
+        asyncio.run(connections(server, int(rest[0]), float(rest[1])))
     else:
         raise SystemExit(__doc__)
 

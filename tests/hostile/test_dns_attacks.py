@@ -6,7 +6,9 @@
   and the log stays small and free of tracebacks;
 - 128 TCP connections from one address plus 200 from 20 others, each asking once every 7 s and
   coming back when closed: `dig +tcp` from another client still gets its answers meanwhile;
-- a slowloris TCP client trickling one byte a second is cut off after tcp_idle_timeout.
+- a slowloris TCP client trickling one byte a second is cut off after tcp_idle_timeout;
+- TCP clients arriving while the appliance is out of descriptors (EMFILE on accept, as when
+  TFTP holds most of them): one log line, no traceback, and they are served once fds are back.
 
 Each ends with a real client served DHCP, DNS and TFTP and no traceback (checks.assert_still_serves).
 """
@@ -14,6 +16,8 @@ Each ends with a real client served DHCP, DNS and TFTP and no traceback (checks.
 from __future__ import annotations
 
 import json
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -122,4 +126,23 @@ def test_slowloris_tcp_client_is_cut_off_after_the_timeout(lab: Lab, start_appli
     assert result["cut"], f"a client trickling 1 byte/s was not cut off in 9 s (tcp_idle_timeout 3): {result}"
     assert result["bytes_sent"] < result["message_bytes"]
     assert dig_tcp(client).split() == [SERVER]  # the same client, asking properly, is served
+    checks.assert_still_serves(lab, appliance, tmp_path / "after")
+
+
+def test_out_of_descriptors_on_tcp_accept_is_one_line_and_no_traceback(lab: Lab, start_appliance, tmp_path: Path
+                                                                       ) -> None:
+    appliance = start_appliance()
+    client = lab.add_client(address=f"{INSIDE}/24")
+    asker = lab.add_client(address=f"{OUTSIDE}/24")  # not the flooding source: its per-source cap is full
+    assert dig_tcp(asker).split() == [SERVER]
+    soft, hard = resource.prlimit(appliance.pid, resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir(f"/proc/{appliance.pid}/fd"))
+    resource.prlimit(appliance.pid, resource.RLIMIT_NOFILE, (in_use + 2, hard))  # 2 fds left: accept fails soon
+    try:
+        attack(client, "connections", SERVER, "30", "3")
+    finally:
+        resource.prlimit(appliance.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    accept_lines = attack_lines(appliance.log(), "accept")
+    assert 1 <= len(accept_lines) <= 3, accept_lines  # it did run out, and said so once
+    assert dig_tcp(asker).split() == [SERVER]
     checks.assert_still_serves(lab, appliance, tmp_path / "after")
