@@ -13,7 +13,8 @@ A datagram at the listener (port 69), from `addr` = (host, port):
     the same RRQ again from addr, transfer running        IGNORE: the running transfer answers it
     another RRQ from addr while a transfer runs           START, cancelling the old transfer
     host already runs max_per_client transfers            REFUSE: "too many transfers"   (warning)
-    max_transfers running, one unanswered > reclaim_after START, reclaiming the oldest such one
+    max_transfers running, one ended or unanswered for    START, reclaiming its slot (an ended one
+      reclaim_after seconds                                 first, else the oldest unanswered)
     max_transfers running, none reclaimable               REFUSE: "server busy"          (warning)
     otherwise                                             START
 
@@ -28,7 +29,9 @@ port by then; cancelling it stranded clients mid-file in the storm bench). But E
 tsize probe, sends ERROR 8 to the old port and then the same request again: that transfer is
 ending on the pump, so an unanswered one is looked at again a moment later.
 
-Every refusal carries a `reason`: the caller rate-limits its log lines per (reason, host).
+"Ended": the pump thread ended it and its `finished` call is on its way to the loop; it counts
+against no cap. Every refusal carries a `reason`: the caller rate-limits its log lines per
+(reason, host).
 """
 
 from __future__ import annotations
