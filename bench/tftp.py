@@ -76,7 +76,8 @@ def start_ours(lab: Lab, work: Path, files: Path, profile: bool) -> NsProcess:
     config = write_lab_config(work, {
         "address": f"{ADDRESSES['ours']}/24",
         "dhcp": {"enabled": False}, "dns": {"enabled": False},
-        "tftp": {"root": str(files), "max_blksize": 65464, "max_transfers": 1000},
+        "tftp": {"root": str(files), "max_blksize": 65464, "max_transfers": 1000,
+                 "max_transfers_per_client": 1000},  # the 20 clients share one address here
     })
     command = [sys.executable]
     if profile:

@@ -50,7 +50,8 @@ def assert_still_serves(lab: Lab, appliance: ApplianceProcess, workdir: Path, *,
     if tftp:
         assert probe is not None
         dest = workdir / "probe.out"
-        result = client.run(["curl", "-sS", "--max-time", "60", "-o", str(dest), f"tftp://{SERVER}/{PROBE}"], timeout=90)
+        command = ["curl", "-sS", "--max-time", "60", "-o", str(dest), f"tftp://{SERVER}/{PROBE}"]
+        result = client.run(command, timeout=90)
         assert result.returncode == 0, f"curl: {result.stderr}"
         assert filecmp.cmp(dest, probe, shallow=False)
     assert_no_crash(appliance)
