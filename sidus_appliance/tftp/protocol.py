@@ -31,6 +31,10 @@ ERR_OPTIONS = 8
 MIN_BLKSIZE, MAX_BLKSIZE = 8, 65464
 DEFAULT_BLKSIZE = 512
 MAX_FILENAME = 512  # bytes; pxelinux/EFI paths are far shorter
+# RFC 2349 allows up to 255 s, but with our exponential backoff a client asking that much would
+# hold a transfer slot for hours once it stops answering: longer requests are simply not
+# acknowledged (the client then keeps the default), as the RFC lets a server do.
+MAX_TIMEOUT_OPTION = 10
 
 _HEAD = struct.Struct("!HH")
 _pack_head = _HEAD.pack
@@ -126,7 +130,7 @@ def negotiate(options: dict[str, str], limits: Limits, size: int) -> Negotiated:
         elif name == "tsize" and number >= 0 and size > 0:
             # An empty file's "tsize 0" makes curl abort ("invalid tsize"); RFC 2349 lets us omit it.
             oack[name] = str(size)
-        elif name == "timeout" and 1 <= number <= 255:
+        elif name == "timeout" and 1 <= number <= MAX_TIMEOUT_OPTION:
             timeout = float(number)  # RFC 2349: echoed unchanged or not at all
             oack[name] = str(number)
         elif name == "windowsize" and number >= 1:

@@ -273,3 +273,10 @@ def test_resent_counts_timeouts_and_partial_windows():
     s.receive(ack(2), 0.0)  # partial: blocks 3, 4 again
     s.poll(10.0)  # timeout
     assert s.resent == 2
+
+
+def test_a_long_timeout_option_is_not_acknowledged() -> None:
+    # 255 s with backoff would let one silent client hold a transfer slot for hours.
+    n = p.negotiate({"timeout": "255"}, LIMITS, 1000)
+    assert "timeout" not in n.oack and n.timeout == LIMITS.timeout
+    assert p.negotiate({"timeout": str(p.MAX_TIMEOUT_OPTION)}, LIMITS, 1000).oack == {"timeout": "10"}
