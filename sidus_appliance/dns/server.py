@@ -73,6 +73,7 @@ class Forward:
     query: bytes
     question: bytes
     tcp: bool
+    client: str = ""  # who asked: the transport budgets forwards per client
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ class DnsServer:
             if self.zone.apex_of(name) is None and ra and header.rd and q.qclass == CLASS.IN:
                 self.stats["forwarded"] += 1
                 qend = 12 + len(question_key(labels, 0, 0))
-                return Forward(data, data[12:qend], tcp)
+                return Forward(data, data[12:qend], tcp, client)
             self.stats["refused"] += 1
             self.report("refused", client, "recursion not allowed" if self.zone.apex_of(name) is None
                         else f"class {q.qclass}")

@@ -19,6 +19,7 @@ import socket
 import struct
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from ..config import Config
@@ -31,6 +32,7 @@ from .zone import Zone, zone_content
 REBUILD_DELAY = 0.1  # least spacing between zone rebuilds (a boot storm coalesces into few)
 WARM_DELAY = 1.0  # precompute answers once the zone has been stable this long (not mid-storm)
 MAX_FORWARDS = 1024  # in-flight upstream queries; beyond that clients get SERVFAIL at once
+MAX_FORWARDS_PER_CLIENT = 128  # so one client flooding names towards a dead upstream cannot take them all
 TCP_LIFETIME_WAITS = 3  # a TCP connection lives at most this many idle timeouts (30 s by default)
 TCP_WRITE_HIGH = 64 * 1024  # bytes queued for a peer before we stop reading from it
 ACCEPT_PAUSE = 0.5  # seconds without accept() after EMFILE/ENFILE: the backlog waits, the log stays quiet
@@ -60,6 +62,13 @@ def upstreams_of(config: Config) -> tuple[list[tuple[str, int]], list[str]]:
 def policy_of(config: Config) -> Policy:
     dns = config.dns
     return Policy(bool(upstreams_of(config)[0]), dns.recursion_allowed, dns.transfer_allowed)
+
+
+def tcp_limits(config: Config) -> tuple[int, int, float, float]:
+    """TcpPool's (total, per source, wait timeout, lifetime) from the config."""
+    dns = config.dns
+    return (dns.tcp_max_connections, dns.tcp_max_per_client, dns.tcp_idle_timeout,
+            dns.tcp_idle_timeout * TCP_LIFETIME_WAITS)
 
 
 def next_serial(previous: int, now: float) -> int:
@@ -158,8 +167,9 @@ class DnsService:
         self._listeners: list[_UdpListener] = []
         self._tcp_listeners: list[_TcpListener] = []
         self._tcp: dict[TcpConn, _TcpConnection] = {}
-        self.tcp_pool = self._tcp_pool(config)
+        self.tcp_pool = TcpPool(*tcp_limits(config))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._forwarding: Counter[str] = Counter()  # in-flight forwards per client
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rebuild_handle: asyncio.TimerHandle | None = None
         self._expiry_handle: asyncio.TimerHandle | None = None
@@ -224,9 +234,7 @@ class DnsService:
             self.log.warning("dns: listen addresses/port changed; restart to apply them")
         self.config = config
         self.core.set_policy(policy_of(config))
-        pool = self._tcp_pool(config)
-        self.tcp_pool.total, self.tcp_pool.per_source = pool.total, pool.per_source
-        self.tcp_pool.timeout, self.tcp_pool.lifetime = pool.timeout, pool.lifetime
+        self.tcp_pool.configure(*tcp_limits(config))
         self._rebuild(reason="reload", force=True)
 
     # ------------------------------------------------------------------ zone updates
@@ -300,16 +308,24 @@ class DnsService:
 
     def forward(self, action: Forward, reply: Callable[[bytes], None]) -> asyncio.Task[None] | None:
         """Relay upstream in a task; `reply` gets the answer or a SERVFAIL (None: sent already)."""
-        if len(self._tasks) >= MAX_FORWARDS:
+        if len(self._tasks) >= MAX_FORWARDS or self._forwarding[action.client] >= MAX_FORWARDS_PER_CLIENT:
+            self.core.stats["forwards_over_budget"] += 1
+            self.warnings.warning(("forward budget", action.client), "dns: %s has %d queries forwarded and "
+                                  "unanswered (%d in all): SERVFAIL", action.client,
+                                  self._forwarding[action.client], len(self._tasks))
             self._send_servfail(action, reply)
             return None
         task = asyncio.ensure_future(self._forward(action, reply))
         self._tasks.add(task)
-        task.add_done_callback(self._forward_done)
+        self._forwarding[action.client] += 1
+        task.add_done_callback(lambda done: self._forward_done(done, action.client))
         return task
 
-    def _forward_done(self, task: asyncio.Task[None]) -> None:
+    def _forward_done(self, task: asyncio.Task[None], client: str) -> None:
         self._tasks.discard(task)
+        self._forwarding[client] -= 1
+        if not self._forwarding[client]:
+            del self._forwarding[client]
         if not task.cancelled() and task.exception() is not None:  # retrieved: never "never retrieved"
             self.crashed(b"", "forwarding", task.exception())  # type: ignore[arg-type]
 
@@ -370,12 +386,6 @@ class DnsService:
             writer.close()
 
     # ------------------------------------------------------------------ TCP
-
-    @staticmethod
-    def _tcp_pool(config: Config) -> TcpPool:
-        dns = config.dns
-        return TcpPool(dns.tcp_max_connections, dns.tcp_max_per_client, dns.tcp_idle_timeout,
-                       dns.tcp_idle_timeout * TCP_LIFETIME_WAITS)
 
     def tcp_accepted(self, sock: socket.socket, source: str) -> None:
         """Admit or refuse a new connection (making room by closing another if the pool says so)."""

@@ -37,9 +37,13 @@ class Admission:
 
 class TcpPool:
     def __init__(self, total: int, per_source: int, timeout: float, lifetime: float) -> None:
-        self.total, self.per_source, self.timeout, self.lifetime = total, per_source, timeout, lifetime
+        self.configure(total, per_source, timeout, lifetime)
         self.conns: dict[TcpConn, None] = {}  # insertion-ordered set
         self.by_source: Counter[str] = Counter()
+
+    def configure(self, total: int, per_source: int, timeout: float, lifetime: float) -> None:
+        """New limits (SIGHUP); open connections stay and are judged by them from now on."""
+        self.total, self.per_source, self.timeout, self.lifetime = total, per_source, timeout, lifetime
 
     def __len__(self) -> int:
         return len(self.conns)

@@ -18,6 +18,7 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from sidus_appliance.config import Config
 from sidus_appliance.dhcp.leases import InMemoryLeaseStore
+from sidus_appliance.dns import service as service_module
 from sidus_appliance.dns.service import REBUILD_DELAY, DnsService, next_serial, policy_of, upstreams_of
 
 from .test_dns_helpers import config, lease, query
@@ -393,3 +394,42 @@ def test_a_failing_forward_is_a_servfail_and_one_line(caplog: pytest.LogCaptureF
 
     run(body, upstream=["127.0.0.1:9"])
     assert_no_traceback(caplog)
+
+
+def test_one_client_cannot_take_every_forwarding_slot(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.dns")
+    monkeypatch.setattr(service_module, "MAX_FORWARDS_PER_CLIENT", 3)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fake = FakeUpstream(silent=True)  # every forward stays in flight until forward_timeout
+        upstream, _ = await loop.create_datagram_endpoint(lambda: fake, local_addr=("127.0.0.1", 0))
+        port = free_port()
+        cfg = lab_config(port, upstream=[f"127.0.0.1:{upstream.get_extra_info('sockname')[1]}"], forward_timeout=3.0)
+        service = DnsService(cfg, InMemoryLeaseStore(), logging.getLogger("test.dns"))
+        await service.start()
+        flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        flooder.bind(("127.0.0.2", 0))
+        flooder.setblocking(False)
+        try:
+            for n in range(5):
+                await loop.sock_sendto(flooder, query(f"name{n}.example.org", qid=n), ("127.0.0.1", port))
+            for _ in range(2):  # over its budget: SERVFAIL at once, without waiting for the upstream
+                reply, _ = await asyncio.wait_for(loop.sock_recvfrom(flooder, 65535), 2)
+                assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
+            assert len(fake.seen) == 3 and service.core.stats["forwards_over_budget"] == 2
+            other = asyncio.ensure_future(udp(port, query("www.example.net")))  # another client: forwarded
+            for _ in range(100):
+                if len(fake.seen) == 4:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(fake.seen) == 4
+            other.cancel()
+            assert len(log_lines(caplog, "forwarded and unanswered")) == 1
+        finally:
+            flooder.close()
+            service.close()
+            upstream.close()
+
+    asyncio.run(main())
