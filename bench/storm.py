@@ -32,9 +32,10 @@ from storm_dnsmasq import dnsmasq_argv, materialise_tree
 from storm_netns import Netns, namespaces
 
 from sidus_appliance import bootfiles, testkernel
+from sidus_appliance.boot.kernels import initrd_name, kernel_name
+from sidus_appliance.boot.pxelinux import render_menu
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import write_lab_config
-from sidus_appliance.tftp.menus import render_menu
 
 HERE = Path(__file__).resolve().parent
 SERVER = "10.20.17.254"
@@ -78,7 +79,7 @@ class Tree:
         if staged.missing:
             raise RuntimeError(str(staged))
         self.dnsmasq_root = work / "dnsmasq-tftp"
-        kname, iname = f"vmlinuz-{self.version}@{INSTANCE}", f"initrd.img-{self.version}@{INSTANCE}"
+        kname, iname = kernel_name(self.version, INSTANCE), initrd_name(self.version, INSTANCE)
         # The seed's layout: one default file plus the master's 01-<mac>; every other lookup misses.
         menus = {
             "default": render_menu(config, None),

@@ -22,9 +22,9 @@ from storm_dnsmasq import materialise_tree
 from storm_netns import namespaces
 
 from sidus_appliance import bootfiles, qemu, testkernel
+from sidus_appliance.boot.pxelinux import render_menu
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import write_lab_config
-from sidus_appliance.tftp.menus import render_menu
 
 
 def prepare(work: Path) -> tuple[testkernel.TestKernel, Path, Path]:

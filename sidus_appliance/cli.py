@@ -71,7 +71,7 @@ def cmd_leases(args: argparse.Namespace) -> int:
 
 
 def cmd_menu(args: argparse.Namespace) -> int:
-    from .tftp.menus import render_menu
+    from .boot.pxelinux import render_menu
 
     config = load_config(args.config)
     mac = normalize_mac(args.mac) if args.mac else None

@@ -17,16 +17,10 @@ from typing import Any
 
 import yaml
 
-INFINITE_LEASE = 0xFFFFFFFF
+from sidus_appliance.boot.loaders import DEFAULT_BOOT_FILE, DEFAULT_BOOT_FILES
+from sidus_appliance.boot.model import BootMode, Profile
 
-# Seed's PXE dispatch (DHCP option 93, RFC 4578 + errata: 7 and 9 are both x86-64 EFI).
-DEFAULT_BOOT_FILES: Mapping[int, str] = {
-    0: "pxelinux.0",
-    6: "efi32/syslinux.efi",
-    7: "efi64/syslinux.efi",
-    9: "efi64/syslinux.efi",
-}
-DEFAULT_BOOT_FILE = "pxelinux.0"
+INFINITE_LEASE = 0xFFFFFFFF
 
 # Seed's NFS mount options for the shared root (overlay mode); the master adds `rw`.
 DEFAULT_NFS_OPTIONS = "vers=3,rsize=1048576,wsize=1048576,tcp,nolock,noatime,nocto,actimeo=1,intr,hard"
@@ -54,7 +48,7 @@ class Host:
     name: str
     mac: str
     address: IPv4Address
-    profile: str = "default"
+    profile: Profile = Profile.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -92,11 +86,6 @@ class DhcpConfig:
     fsync: bool = True
     # Addresses one MAC may hold in DECLINE quarantine at once; more DECLINEs are ignored.
     max_quarantine_per_client: int = 2
-
-    def boot_file_for(self, arch: int | None) -> str:
-        if arch is None:
-            return self.default_boot_file
-        return self.boot_files.get(arch, self.default_boot_file)
 
 
 @dataclass(frozen=True)
@@ -144,7 +133,7 @@ class Instance:
     root: Path
     label: str = ""
     append: str = ""  # extra kernel command line
-    modes: tuple[str, ...] = ("overlay",)
+    modes: tuple[BootMode, ...] = (BootMode.OVERLAY,)
 
 
 @dataclass(frozen=True)
@@ -490,9 +479,12 @@ def _build_hosts(
             raise r.fail(hp + ("address",), f"{address} is already reserved for {seen_ip[address]}")
         if name in seen_name:
             raise r.fail(hp + ("name",), f"{name} is reserved twice")
-        profile = r.text(h.get("profile", "default"), hp + ("profile",))
-        if profile not in ("default", "master"):
-            raise r.fail(hp + ("profile",), f"{profile!r} is not a menu profile (default or master)")
+        profile_text = r.text(h.get("profile", Profile.DEFAULT.value), hp + ("profile",))
+        try:
+            profile = Profile(profile_text)
+        except ValueError:
+            choices = " or ".join(p.value for p in Profile)
+            raise r.fail(hp + ("profile",), f"{profile_text!r} is not a menu profile ({choices})") from None
         seen_mac[mac], seen_ip[address] = name, name
         seen_name.add(name)
         hosts.append(Host(name, mac, address, profile))
@@ -619,20 +611,21 @@ def _build_instances(r: _Reader, value: Any, nfs: NfsConfig) -> tuple[Instance, 
         if name in names:
             raise r.fail(ip_ + ("name",), f"instance {name} is defined twice")
         names.add(name)
-        modes = tuple(
-            r.text(m, ip_ + ("modes", j))
-            for j, m in enumerate(r.sequence(d.get("modes", ["overlay"]), ip_ + ("modes",)))
-        )
-        for j, mode in enumerate(modes):
-            if mode not in ("overlay", "aufs", "rw"):
-                raise r.fail(ip_ + ("modes", j), f"{mode!r} is not a mode (overlay, aufs, rw)")
+        modes: list[BootMode] = []
+        for j, m in enumerate(r.sequence(d.get("modes", [BootMode.OVERLAY.value]), ip_ + ("modes",))):
+            text = r.text(m, ip_ + ("modes", j))
+            try:
+                modes.append(BootMode(text))
+            except ValueError:
+                choices = ", ".join(m.value for m in BootMode)
+                raise r.fail(ip_ + ("modes", j), f"{text!r} is not a mode ({choices})") from None
         out.append(
             Instance(
                 name=name,
                 root=Path(r.text(d.get("root", str(nfs.instances_dir / name)), ip_ + ("root",))),
                 label=r.text(d.get("label", ""), ip_ + ("label",)),
                 append=r.text(d.get("append", ""), ip_ + ("append",)),
-                modes=modes or ("overlay",),
+                modes=tuple(modes) or (BootMode.OVERLAY,),
             )
         )
     return tuple(out)

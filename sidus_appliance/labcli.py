@@ -23,6 +23,7 @@ from typing import Any
 from pyroute2 import netns
 
 from . import bootfiles, qemu, testkernel
+from .boot.kernels import kernel_name
 from .config import load_config, normalize_mac
 from .lab import PREFIX, ApplianceProcess, Lab, run_udhcpc, write_lab_config
 
@@ -62,7 +63,7 @@ def prepare_workdir(workdir: Path) -> tuple[Path, testkernel.TestKernel]:
     done = _step("test instance: Debian kernel + busybox marker initramfs (cached after the first run)")
     instance_root = workdir / "nfsroot" / INSTANCE
     kernel = testkernel.publish(instance_root)
-    done(f"vmlinuz-{kernel.version}@{INSTANCE}")
+    done(kernel_name(kernel.version, INSTANCE))
     config_path = write_lab_config(workdir, testkernel.instance_overrides(instance_root, INSTANCE))
     done = _step("boot loaders staged from Debian packages (pxelinux, syslinux-efi)")
     report = bootfiles.install(load_config(config_path))

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from .boot.model import Profile
 from .config import Config
 from .safedir import checked_subdir
 
@@ -79,7 +80,7 @@ class Export:
 
 
 def master_addresses(config: Config) -> list[IPv4Address]:
-    return [h.address for h in config.hosts if h.profile == "master"]
+    return [h.address for h in config.hosts if h.profile is Profile.MASTER]
 
 
 def _pseudo_under_root(config: Config, path: Path) -> str | None:

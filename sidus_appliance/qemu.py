@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .boot.model import Profile
 from .lab import end_process
 
 Firmware = Literal["bios", "uefi", "uefi-native"]
@@ -303,11 +304,11 @@ class BootResult:
     attempts: list[str] = field(default_factory=list)  # e.g. ["kvm: exited without marker", "tcg: ok"]
 
     @property
-    def menu(self) -> str | None:
-        """Which menu the guest booted from: "master" or "default" (None without a marker)."""
+    def menu(self) -> Profile | None:
+        """Which menu the guest booted from (None without a marker)."""
         if self.marker is None:
             return None
-        return "master" if is_master_cmdline(self.marker.cmdline) else "default"
+        return Profile.MASTER if is_master_cmdline(self.marker.cmdline) else Profile.DEFAULT
 
     def row(self) -> dict[str, str]:
         """One line of a report table (lab boot, make demo)."""

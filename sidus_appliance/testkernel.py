@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidus_appliance.boot.kernels import initrd_name, kernel_name
+
 DEFAULT_CACHE = Path("/var/cache/sidus-appliance/testkernel")
 BUSYBOX = Path("/bin/busybox")
 MARKER = "SIDUS-MARKER"
@@ -85,7 +87,7 @@ class TestKernel:
 
     def tftp_names(self, instance: str) -> tuple[str, str]:
         """The names the virtual boot tree serves them under."""
-        return f"vmlinuz-{self.version}@{instance}", f"initrd.img-{self.version}@{instance}"
+        return kernel_name(self.version, instance), initrd_name(self.version, instance)
 
 
 # ---------------------------------------------------------------- kernel package

@@ -36,14 +36,24 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from ipaddress import IPv4Address
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 
 log = logging.getLogger("sidus.leases")
 
-OFFERED, BOUND, DECLINED = "offered", "bound", "declined"
-STATES = (OFFERED, BOUND, DECLINED)
+
+
+class LeaseState(StrEnum):
+    """A lease's life: OFFERED (memory only, a minute at most) -> BOUND; DECLINED quarantines an address."""
+
+    OFFERED = "offered"
+    BOUND = "bound"
+    DECLINED = "declined"
+
+
+OFFERED, BOUND, DECLINED = LeaseState.OFFERED, LeaseState.BOUND, LeaseState.DECLINED
 PERSISTED_STATES = frozenset((BOUND, DECLINED))
 
 Subscriber = Callable[["Lease | None", "Lease | None"], None]
@@ -55,7 +65,7 @@ class Lease:
     address: IPv4Address
     hostname: str  # the name we hand out (reservation name or pool pattern)
     expires: float | None  # epoch seconds; None = infinite
-    state: str  # "offered" | "bound" | "declined"
+    state: LeaseState
     client_hostname: str | None = None  # option 12 as the client sent it
     declined_by: str | None = None  # quarantined address: the MAC whose DECLINE put it there
 
@@ -84,9 +94,7 @@ def _to_line(lease: Lease) -> bytes:
 
 
 def _from_record(record: dict) -> Lease:
-    state = record["state"]
-    if state not in STATES:
-        raise ValueError(f"unknown state {state!r}")
+    state = LeaseState(record["state"])  # ValueError: an unknown state
     expires = record.get("exp")
     return Lease(
         mac=str(record["mac"]),

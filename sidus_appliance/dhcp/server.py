@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from ..boot.loaders import BootSpec, Machine, boot_spec
+from ..boot.model import ClientKind
 from ..config import INFINITE_LEASE, Config, Host
 from .codec import (
     ACK,
@@ -114,7 +116,7 @@ class Decision:
     address: IPv4Address | None = None
     arch: int | None = None
     boot_file: str | None = None
-    client: str = "plain"  # "pxe", "ipxe" or "plain"
+    client: ClientKind = ClientKind.PLAIN
     reason: str = ""
     # Lease table changes this packet made, in order: the service persists them (those in a
     # journalled state) before any reply leaves.
@@ -134,18 +136,6 @@ class Decision:
         return " ".join(parts)
 
 
-@dataclass(slots=True)
-class _Client:
-    """What the request says about the client's boot firmware."""
-
-    kind: str  # "pxe", "ipxe", "plain"
-    arch: int | None
-    boot_file: str | None  # None: not a network-boot client, no boot options
-    vendor_pxe: bool  # sent option 60 "PXEClient..." (echo it)
-    note: str = ""
-
-
-_PLAIN = _Client("plain", None, None, False)
 
 
 class DhcpServer:
@@ -287,7 +277,7 @@ class DhcpServer:
 
     # ------------------------------------------------------------------ message types
 
-    def _discover(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+    def _discover(self, pkt: DhcpPacket, client: BootSpec, now: float) -> tuple[list[Reply], Decision]:
         mac = pkt.mac
         address, why = self._choose(pkt, mac, now)
         if address is None:
@@ -300,7 +290,7 @@ class DhcpServer:
         reply = self._reply(pkt, OFFER, address, client, name)
         return [reply], self._decision(pkt, client, "OFFER", address, why)
 
-    def _request(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+    def _request(self, pkt: DhcpPacket, client: BootSpec, now: float) -> tuple[list[Reply], Decision]:
         mac, opts = pkt.mac, pkt.options
         server_id = opts.get(OPT_SERVER_ID)
         requested = _requested(pkt)
@@ -342,7 +332,7 @@ class DhcpServer:
         reply = self._reply(pkt, ACK, assigned, client, name)
         return [reply], self._decision(pkt, client, "ACK", assigned, state)
 
-    def _decline(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+    def _decline(self, pkt: DhcpPacket, client: BootSpec, now: float) -> tuple[list[Reply], Decision]:
         mac = pkt.mac
         if self._foreign_server(pkt):
             return [], self._decision(pkt, client, "IGNORE", None, "DECLINE for another server")
@@ -366,7 +356,7 @@ class DhcpServer:
         reason = f"declined; not handed out for {DECLINE_HOLD:.0f}s"
         return [], self._decision(pkt, client, "QUARANTINE", address, reason)
 
-    def _release(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+    def _release(self, pkt: DhcpPacket, client: BootSpec, now: float) -> tuple[list[Reply], Decision]:
         mac = pkt.mac
         if self._foreign_server(pkt):
             return [], self._decision(pkt, client, "IGNORE", pkt.ciaddr, "RELEASE for another server")
@@ -377,13 +367,13 @@ class DhcpServer:
         self.leases.remove(mac)
         return [], self._decision(pkt, client, "RELEASE", pkt.ciaddr, "")
 
-    def _inform(self, pkt: DhcpPacket, client: _Client, now: float) -> tuple[list[Reply], Decision]:
+    def _inform(self, pkt: DhcpPacket, client: BootSpec, now: float) -> tuple[list[Reply], Decision]:
         if pkt.ciaddr == ZERO_IP or pkt.ciaddr not in self._subnet:
             return [], self._decision(pkt, client, "IGNORE", pkt.ciaddr, "INFORM without a ciaddr on our subnet")
         reply = self._reply(pkt, ACK, ZERO_IP, client, None, lease=False)
         return [reply], self._decision(pkt, client, "ACK", pkt.ciaddr, "inform")
 
-    def _nak(self, pkt: DhcpPacket, client: _Client, address: IPv4Address | None,
+    def _nak(self, pkt: DhcpPacket, client: BootSpec, address: IPv4Address | None,
              reason: str) -> tuple[list[Reply], Decision]:
         opts = {OPT_MESSAGE_TYPE: bytes((NAK,)), OPT_SERVER_ID: self._server_id, OPT_MESSAGE: reason.encode()}
         _echo(pkt, opts)
@@ -592,28 +582,15 @@ class DhcpServer:
 
     # ------------------------------------------------------------------ replies
 
-    def _classify(self, pkt: DhcpPacket) -> _Client:
+    def _classify(self, pkt: DhcpPacket) -> BootSpec:
+        """Ask the boot policy which loader this client gets."""
         opts = pkt.options
-        vendor = opts.get(OPT_VENDOR_CLASS, b"")
-        vendor_pxe = vendor.startswith(b"PXEClient")
-        arch_opt = opts.get(OPT_CLIENT_ARCH)
-        ipxe = OPT_IPXE in opts or b"iPXE" in opts.get(OPT_USER_CLASS, b"")
-        # Option 93 alone marks a network-boot client too (dhclient/udhcpc configured to send it).
-        if not (vendor_pxe or ipxe or arch_opt is not None):
-            return _PLAIN
-        arch, note = None, ""
-        if arch_opt is not None and len(arch_opt) >= 2:
-            arch = int.from_bytes(arch_opt[:2], "big")  # several arches listed: the first
-        elif arch_opt is not None:
-            note = f"bad option 93 {arch_opt.hex()}"
-        if arch is None and vendor_pxe:
-            arch = _arch_from_vendor_class(vendor)
+        machine = Machine(pkt.mac, opts.get(OPT_CLIENT_ARCH), opts.get(OPT_VENDOR_CLASS, b""),
+                          opts.get(OPT_USER_CLASS, b""), OPT_IPXE in opts)
         dhcp = self.config.dhcp
-        if arch is not None and arch not in dhcp.boot_files:
-            note = f"unknown arch {arch}"
-        return _Client("ipxe" if ipxe else "pxe", arch, dhcp.boot_file_for(arch), vendor_pxe, note)
+        return boot_spec(machine, dhcp.boot_files, dhcp.default_boot_file)
 
-    def _reply(self, pkt: DhcpPacket, mtype: int, yiaddr: IPv4Address, client: _Client,
+    def _reply(self, pkt: DhcpPacket, mtype: int, yiaddr: IPv4Address, client: BootSpec,
                hostname: str | None, lease: bool = True) -> Reply:
         opts: dict[int, bytes] = {OPT_MESSAGE_TYPE: bytes((mtype,)), OPT_SERVER_ID: self._server_id}
         opts.update(self._common)
@@ -621,7 +598,7 @@ class DhcpServer:
             opts.update(self._lease_options)
         if hostname:
             opts[OPT_HOSTNAME] = hostname.encode()
-        boot_file = client.boot_file
+        boot_file = client.loader
         siaddr, file = ZERO_IP, b""
         if boot_file is not None:
             siaddr, name = self._server_ip, boot_file.encode()
@@ -634,7 +611,7 @@ class DhcpServer:
             uuid = pkt.options.get(OPT_CLIENT_UUID)
             if uuid is not None:
                 opts[OPT_CLIENT_UUID] = uuid  # PXE spec: echo the client's UUID/GUID
-        if client.kind == "ipxe" and self.config.dhcp.ipxe_no_pxedhcp:
+        if client.kind is ClientKind.IPXE and self.config.dhcp.ipxe_no_pxedhcp:
             opts[OPT_IPXE] = IPXE_NO_PXEDHCP
         _echo(pkt, opts)
         reply = DhcpPacket(
@@ -649,12 +626,12 @@ class DhcpServer:
             data = encode(reply, order)
         return Reply(data, *_destination(pkt, yiaddr), pkt.mac, yiaddr)
 
-    def _decision(self, pkt: DhcpPacket, client: _Client, action: str, address: IPv4Address | None,
+    def _decision(self, pkt: DhcpPacket, client: BootSpec, action: str, address: IPv4Address | None,
                   reason: str) -> Decision:
         if client.note:
             reason = f"{reason}; {client.note}" if reason else client.note
         return Decision(pkt.mac, _name(pkt.message_type), action, address, client.arch,
-                        client.boot_file, client.kind, reason)
+                        client.loader, client.kind, reason)
 
     def _foreign_server(self, pkt: DhcpPacket) -> bool:
         server_id = pkt.options.get(OPT_SERVER_ID)
@@ -700,14 +677,6 @@ def _client_hostname(pkt: DhcpPacket) -> str | None:
     if not value:
         return None
     return value.rstrip(b"\0").decode("utf-8", "replace")[:63]
-
-
-def _arch_from_vendor_class(vendor: bytes) -> int | None:
-    """`PXEClient:Arch:00007:UNDI:003016` → 7 (firmware that omits option 93)."""
-    parts = vendor.split(b":")
-    if len(parts) >= 3 and parts[1] == b"Arch" and parts[2].isdigit():
-        return int(parts[2])
-    return None
 
 
 def _replace_hostname(lease: Lease, hostname: str) -> Lease:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .builder import STEPS, Builder, BuildError, BuildResult, build, instance_root, kernel_versions
+from ..boot.kernels import kernel_versions
+from .builder import STEPS, Builder, BuildError, BuildResult, build, instance_root
 from .chrootenv import ChrootError
 from .instances import BootKernel, InstanceInfo, boot_kernels, format_instances, list_instances
 

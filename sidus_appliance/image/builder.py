@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from ..boot.kernels import kernel_versions
 from ..config import Config
 from ..safedir import open_in, private_subdir
 from . import chrootenv as ch
@@ -146,16 +147,6 @@ def is_btrfs(path: Path) -> bool:
 def generate_password() -> str:
     alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))
-
-
-def kernel_versions(root: Path) -> list[str]:
-    """Kernel versions with both vmlinuz and initrd in the instance's /boot."""
-    boot = root / "boot"
-    versions = [
-        p.name[len("vmlinuz-"):] for p in boot.glob("vmlinuz-*")
-        if (boot / f"initrd.img-{p.name[len('vmlinuz-'):]}").exists()
-    ]
-    return sorted(versions, key=lambda v: [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)])
 
 
 def installed_kernels(root: Path) -> list[str]:

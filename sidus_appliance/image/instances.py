@@ -6,8 +6,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..boot.kernels import BootImage, ImageKind, initrd_name, kernel_name, kernel_versions
 from ..config import Config
-from .builder import STAMP_DIR, STEPS, kernel_versions
+from .builder import STAMP_DIR, STEPS
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,11 @@ class BootKernel:
 
     @property
     def kernel_name(self) -> str:
-        return f"vmlinuz-{self.version}@{self.instance}"
+        return kernel_name(self.version, self.instance)
 
     @property
     def initrd_name(self) -> str:
-        return f"initrd.img-{self.version}@{self.instance}"
+        return initrd_name(self.version, self.instance)
 
 
 @dataclass
@@ -54,9 +55,10 @@ class InstanceInfo:
 
 
 def boot_kernels(name: str, root: Path) -> list[BootKernel]:
-    """The instance's kernels with their initrds, newest last."""
+    """The instance's kernels with their initrds, newest first."""
     return [
-        BootKernel(name, v, root / "boot" / f"vmlinuz-{v}", root / "boot" / f"initrd.img-{v}")
+        BootKernel(name, v, BootImage(ImageKind.KERNEL, v, name).path_in(root),
+                   BootImage(ImageKind.INITRD, v, name).path_in(root))
         for v in kernel_versions(root)
     ]
 

@@ -26,10 +26,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from sidus_appliance.boot.kernels import BootImage, parse_served_name
+from sidus_appliance.boot.pxelinux import render_menu
 from sidus_appliance.config import Config
+from sidus_appliance.jail import NotRegularFile, open_beneath
 from sidus_appliance.tftp import protocol
-from sidus_appliance.tftp.jail import NotRegularFile, open_beneath
-from sidus_appliance.tftp.menus import render_menu
 from sidus_appliance.tftp.netascii import NetasciiReader, ScanCache
 
 ARCH_DIRS = ("efi32", "efi64")
@@ -114,9 +115,7 @@ def _is_shared(parts: list[str]) -> bool:
     if parts[0] == "pxelinux.cfg":
         return True
     name = parts[-1]
-    return len(parts) == 1 and (
-        (name.startswith(("vmlinuz-", "initrd.img-")) and "@" in name) or name.startswith("splash.")
-    )
+    return len(parts) == 1 and (parse_served_name(name) is not None or name.startswith("splash."))
 
 
 def _mac_from_pxe_name(name: str) -> str | None:
@@ -150,8 +149,9 @@ class BootTree:
             parts = parts[1:]  # efi64/pxelinux.cfg/... is the shared pxelinux.cfg/...
         if parts[0] == "pxelinux.cfg":
             return self._menu(parts, netascii)
-        if len(parts) == 1 and "@" in parts[0] and parts[0].startswith(("vmlinuz-", "initrd.img-")):
-            return self._kernel(parts[0], netascii)
+        image = parse_served_name(parts[0]) if len(parts) == 1 else None
+        if image is not None:
+            return self._kernel(image, netascii)
         return self._file(self.root, parts, "/".join(parts), "file", netascii)
 
     def _menu(self, parts: list[str], netascii: bool) -> Resolved:
@@ -182,12 +182,11 @@ class BootTree:
             mac = getattr(lease, "mac", None) if lease is not None else None
         return mac
 
-    def _kernel(self, name: str, netascii: bool) -> Resolved:
-        base, _, inst_name = name.rpartition("@")
-        inst = self.instances.get(inst_name)
-        if inst is None or not base:
+    def _kernel(self, image: BootImage, netascii: bool) -> Resolved:
+        inst = self.instances.get(image.instance)
+        if inst is None:
             raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
-        return self._file(inst.root, ["boot", base], name, "kernel", netascii)
+        return self._file(inst.root, image.boot_parts, image.served_name, "kernel", netascii)
 
     def _file(self, jail: Path, parts: Sequence[str], name: str, kind: str, netascii: bool) -> Resolved:
         try:

@@ -43,14 +43,13 @@ def test_example_is_the_seed_lab() -> None:
         "10.20.17.253",
         "master",
     )
-    assert [config.dhcp.boot_file_for(a) for a in (0, 6, 7, 9, 11, None)] == [
-        "pxelinux.0",
-        "efi32/syslinux.efi",
-        "efi64/syslinux.efi",
-        "efi64/syslinux.efi",
-        "pxelinux.0",
-        "pxelinux.0",
-    ]
+    assert dict(config.dhcp.boot_files) == {
+        0: "pxelinux.0",
+        6: "efi32/syslinux.efi",
+        7: "efi64/syslinux.efi",
+        9: "efi64/syslinux.efi",
+    }
+    assert config.dhcp.default_boot_file == "pxelinux.0"
     assert config.tftp.root == Path("/srv/tftp")
     assert config.state_dir == Path("/var/lib/sidus-appliance")
 

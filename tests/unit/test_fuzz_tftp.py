@@ -17,7 +17,7 @@ from sidus_appliance.tftp import protocol as p
 from sidus_appliance.tftp.netascii import NetasciiReader, scan
 from sidus_appliance.tftp.requests import Action, Policy, RequestCore
 from sidus_appliance.tftp.tree import BootTree, TreeError
-from tests.unit.test_menus import make_config, make_root
+from tests.unit.test_boot_menus import make_config, make_root
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -216,10 +216,10 @@ def test_kernels_and_list(config) -> None:
         (boot / f"initrd.img-{v}").write_text("i")
     (boot / "vmlinuz-6.2.0-1-amd64").write_text("no initrd yet")
     (config.nfs.instances_dir / "stray").mkdir()
-    assert image.kernel_versions(root) == ["6.1.0-9-amd64", "6.1.0-10-amd64"]
+    assert image.kernel_versions(root) == ["6.1.0-10-amd64", "6.1.0-9-amd64"]  # newest first, as the menus
     kernels = image.boot_kernels("bookworm", root)
-    assert kernels[-1].kernel_name == "vmlinuz-6.1.0-10-amd64@bookworm"
-    assert kernels[-1].initrd == boot / "initrd.img-6.1.0-10-amd64"
+    assert kernels[0].kernel_name == "vmlinuz-6.1.0-10-amd64@bookworm"
+    assert kernels[0].initrd == boot / "initrd.img-6.1.0-10-amd64"
     infos = {i.name: i for i in image.list_instances(config)}
     assert infos["bookworm"].configured and infos["bookworm"].state == "foreign (not built here)"
     assert not infos["stray"].configured

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidus_appliance import bootfiles
-from tests.unit.test_menus import make_config
+from tests.unit.test_boot_menus import make_config
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from sidus_appliance.tftp import protocol as p
 from sidus_appliance.tftp.netascii import NetasciiReader, ScanCache, scan
 from sidus_appliance.tftp.tree import BootTree
-from tests.unit.test_menus import make_config
+from tests.unit.test_boot_menus import make_config
 
 
 def reader_over(content: bytes, chunk: int) -> NetasciiReader:

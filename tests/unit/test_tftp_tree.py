@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from sidus_appliance.boot.kernels import kernel_versions
 from sidus_appliance.tftp import protocol
 from sidus_appliance.tftp import tree as tree_module
-from sidus_appliance.tftp.menus import kernel_versions
 from sidus_appliance.tftp.tree import BootTree, TreeError
-from tests.unit.test_menus import MASTER, make_config, make_root
+from tests.unit.test_boot_menus import MASTER, make_config, make_root
 
 
 def read_all(tree: BootTree, name: str, netascii: bool = False) -> bytes:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sidus_appliance.tftp import jail
-from sidus_appliance.tftp.jail import NotRegularFile, list_beneath, open_beneath
+from sidus_appliance import jail
+from sidus_appliance.jail import NotRegularFile, list_beneath, open_beneath
 
 from ..conftest import require
 

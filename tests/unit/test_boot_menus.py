@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidus_appliance.boot.kernels import kernel_versions
+from sidus_appliance.boot.pxelinux import render_menu
 from sidus_appliance.config import DEFAULT_NFS_OPTIONS, parse_config
-from sidus_appliance.tftp.menus import kernel_versions, render_menu
 
 MASTER = "08:00:aa:bb:cc:dd"
 
