@@ -31,11 +31,11 @@ from typing import Any
 from storm_dnsmasq import dnsmasq_argv, materialise_tree
 from storm_netns import Netns, namespaces
 
-from sidus_appliance import bootfiles, testkernel
+from sidus_appliance import bootfiles
 from sidus_appliance.boot.kernels import initrd_name, kernel_name
 from sidus_appliance.boot.pxelinux import render_menu
 from sidus_appliance.config import load_config
-from sidus_appliance.lab import write_lab_config
+from sidus_appliance.lab import testkernel, write_lab_config
 
 HERE = Path(__file__).resolve().parent
 SERVER = "10.20.17.254"

@@ -21,10 +21,10 @@ from storm import INSTANCE, MASTER_MAC, SERVER, start_server
 from storm_dnsmasq import materialise_tree
 from storm_netns import namespaces
 
-from sidus_appliance import bootfiles, qemu, testkernel
+from sidus_appliance import bootfiles
 from sidus_appliance.boot.pxelinux import render_menu
 from sidus_appliance.config import load_config
-from sidus_appliance.lab import write_lab_config
+from sidus_appliance.lab import qemu, testkernel, write_lab_config
 
 
 def prepare(work: Path) -> tuple[testkernel.TestKernel, Path, Path]:

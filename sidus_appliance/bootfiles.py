@@ -7,7 +7,6 @@ records what it staged, with package versions, in `<root>/.sidus-bootfiles.json`
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -18,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidus_appliance.config import Config
+from sidus_appliance.resources import BOOTFILES_MANIFEST, data_path
 
-MANIFEST = Path(__file__).resolve().parent.parent / "bootfiles" / "manifest"
+MANIFEST = data_path(*BOOTFILES_MANIFEST)
 RECORD = ".sidus-bootfiles.json"
 
 
@@ -163,36 +163,3 @@ def status(config: Config, manifest: Path = MANIFEST) -> Report:
         if version and target.is_file():
             report.versions[entry.package] = version
     return report
-
-
-# ---------------------------------------------------------------------- CLI
-
-
-def _cmd_install(args: argparse.Namespace) -> int:
-    from sidus_appliance.config import load_config
-
-    report = install(load_config(args.config))
-    print(report)
-    return 0 if not report.missing else 1
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from sidus_appliance.config import load_config
-
-    report = status(load_config(args.config))
-    print(report)
-    return 0 if report.ok else 1
-
-
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """`bootfiles install|status`, for cli.py to register."""
-    from sidus_appliance.cli import _config_arg
-
-    parser = sub.add_parser("bootfiles", help="stage boot loaders from Debian packages into tftp.root")
-    verbs = parser.add_subparsers(dest="bootfiles_command", required=True)
-    p = verbs.add_parser("install", help="copy the manifest's files (idempotent; names missing packages)")
-    _config_arg(p)
-    p.set_defaults(func=_cmd_install)
-    p = verbs.add_parser("status", help="compare tftp.root with the installed packages, write nothing")
-    _config_arg(p)
-    p.set_defaults(func=_cmd_status)

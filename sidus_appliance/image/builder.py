@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import IO
 
 from ..boot.kernels import kernel_versions
 from ..config import Config
+from ..resources import DRACUT_MODULE, data_path
 from ..safedir import open_in, private_subdir
 from . import chrootenv as ch
 from .profiles import packages
@@ -67,15 +67,11 @@ class BuildResult:
 
 
 def dracut_module_source() -> Path:
-    """Where our 90sidus module lives: the source tree, or the installed data directory."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "nfs" / "dracut" / "90sidus",
-        Path(sys.prefix) / "share" / "sidus-appliance" / "dracut" / "90sidus",
-    ]
-    for path in candidates:
-        if (path / "module-setup.sh").exists():
-            return path
-    raise BuildError(f"dracut module 90sidus not found (looked in {', '.join(map(str, candidates))})")
+    """Our 90sidus module, from the package data."""
+    path = data_path(*DRACUT_MODULE)
+    if not (path / "module-setup.sh").exists():
+        raise BuildError(f"dracut module 90sidus not found in the package data ({path}): a broken install")
+    return path
 
 
 def instance_root(config: Config, name: str) -> Path:
@@ -155,10 +151,10 @@ def installed_kernels(root: Path) -> list[str]:
 
 
 def fstab_text(config: Config) -> str:
-    from ..nfs import _pseudo_under_root
+    from ..nfs.exports import pseudo_path
 
     server = config.server_ip
-    pseudo = _pseudo_under_root(config, config.nfs.home)
+    pseudo = pseudo_path(config, config.nfs.home)
     if pseudo is not None:  # NFSv4 through the fsid=0 root, as the seed did
         home = f"{server}:{pseudo} /home nfs rw,vers=4,hard,noatime,_netdev,nofail 0 0"
     else:

@@ -18,6 +18,7 @@ import pytest
 from sidus_appliance import image, nfs
 from sidus_appliance.config import parse_config
 from sidus_appliance.image import chrootenv
+from sidus_appliance.lab.ganesha import apply_in_netns
 
 from ..conftest import require
 from .test_nfs_ganesha import NEEDED, SERVER, Pair, url
@@ -108,7 +109,7 @@ def test_the_built_root_is_served_over_nfs(built) -> None:
     kernel = f"/boot/vmlinuz-{result.kernels[0]}"
     with Pair() as pair:
         try:
-            nfs.apply(config, lambda m: None, netns=pair.server, tie_to_caller=True)
+            apply_in_netns(config, lambda m: None, pair.server)
             assert nfs.check(config, netns=pair.server) == []
             pair.client_address("10.20.17.10")
             got = pair.run("nfs-cat", url(f"{result.root}/etc/sidus-release"), check=True).stdout
@@ -137,7 +138,7 @@ LOADERS = {
 }
 
 # A test-only unit in the instance: how is / mounted, can we write it, and the lab's marker line
-# (sidus_appliance.qemu waits for it), then power off.
+# (sidus_appliance.lab.qemu waits for it), then power off.
 PROBE = r"""#!/bin/sh
 root_fs=$(findmnt -n -o FSTYPE /)
 wrote=no
@@ -182,7 +183,7 @@ def install_probe(root: Path) -> None:
 
 
 def e2e_line(serial: str) -> dict[str, str]:
-    from sidus_appliance.qemu import strip_ansi
+    from sidus_appliance.lab.qemu import strip_ansi
 
     for line in strip_ansi(serial).splitlines():
         if line.startswith("SIDUS-E2E root="):
@@ -196,8 +197,8 @@ def e2e_line(serial: str) -> dict[str, str]:
 def test_pxe_client_boots_the_shared_root(built, lab, start_appliance, tmp_path: Path, mac: str) -> None:
     """A PXE client boots the instance over NFS (ganesha): / is an overlay whose writes stay in
     RAM; the master MAC boots the same root read-write and its write lands on the server."""
-    from sidus_appliance import qemu
     from sidus_appliance.config import load_config
+    from sidus_appliance.lab import qemu
 
     require("the end-to-end boot", tools=(qemu.QEMU, *map(str, LOADERS.values()), *NEEDED))
     _config, result, _ = built
@@ -217,7 +218,7 @@ def test_pxe_client_boots_the_shared_root(built, lab, start_appliance, tmp_path:
     appliance = start_appliance(overrides, workdir=workdir)
     config = load_config(appliance.config_path)
     try:
-        nfs.apply(config, lambda m: None, netns=lab.server_ns, tie_to_caller=True)
+        apply_in_netns(config, lambda m: None, lab.server_ns)
         tap = lab.add_tap()
         boot = qemu.boot("bios", mac, tap, tmp_path / "qemu", lab.server_ns, accel="tcg",
                          timeout=BOOT_TIMEOUT, memory_mb=1024)

@@ -20,6 +20,8 @@ import pytest
 
 from sidus_appliance import nfs
 from sidus_appliance.config import parse_config
+from sidus_appliance.lab.ganesha import apply_in_netns
+from sidus_appliance.nfs import ganesha
 
 from ..conftest import require
 
@@ -108,12 +110,12 @@ def test_ganesha_serves_the_model(pair: Pair, tmp_path: Path) -> None:
     config = parse_config(config_text(tmp_path, ["demo"]), "test.yaml")
     messages: list[str] = []
     try:
-        nfs.apply(config, messages.append, netns=pair.server, tie_to_caller=True)
+        apply_in_netns(config, messages.append, pair.server)
         assert any("ganesha.nfsd serving" in m for m in messages), messages
         assert nfs.check(config, netns=pair.server) == []
 
         pair.client_address("10.20.17.10")
-        listed = nfs.parse_showmount(pair.run("showmount", "-e", SERVER, check=True).stdout)
+        listed = ganesha.parse_showmount(pair.run("showmount", "-e", SERVER, check=True).stdout)
         assert {"10.20.17.253/32", "10.20.17.0/24"} <= listed[str(root)]
         assert str(tmp_path / "export" / "home") in listed
 
@@ -139,10 +141,10 @@ def test_ganesha_serves_the_model(pair: Pair, tmp_path: Path) -> None:
         pid = nfs.ganesha_pid(config)
         (tmp_path / "nfsroot" / "second").mkdir()
         config2 = parse_config(config_text(tmp_path, ["demo", "second"]), "test.yaml")
-        nfs.apply(config2, messages.append, netns=pair.server, tie_to_caller=True)
+        apply_in_netns(config2, messages.append, pair.server)
         assert nfs.ganesha_pid(config2) == pid
         for _ in range(50):
-            listed = nfs.parse_showmount(pair.run("showmount", "-e", SERVER).stdout)
+            listed = ganesha.parse_showmount(pair.run("showmount", "-e", SERVER).stdout)
             if str(tmp_path / "nfsroot" / "second") in listed:
                 break
             subprocess.run(["sleep", "0.1"], check=False)
@@ -161,9 +163,10 @@ def test_ganesha_dies_with_a_killed_caller(pair: Pair, tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
         "from sidus_appliance import nfs\n"
+        "from sidus_appliance.lab.ganesha import apply_in_netns\n"
         "from sidus_appliance.config import load_config\n"
         f"config = load_config({str(tmp_path / 'config.yaml')!r})\n"
-        f"nfs.apply(config, lambda m: None, netns={pair.server!r}, tie_to_caller=True)\n"
+        f"apply_in_netns(config, lambda m: None, {pair.server!r}, tie_to_caller=True)\n"
         "print(nfs.ganesha_pid(config), flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
@@ -177,4 +180,4 @@ def test_ganesha_dies_with_a_killed_caller(pair: Pair, tmp_path: Path) -> None:
             break
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists() or nfs.ganesha_pid(config) is None
-    assert nfs._pid_alive(nfs.ganesha_paths(config).rpcbind_pidfile, "rpcbind") is None
+    assert ganesha._pid_alive(nfs.ganesha_paths(config).rpcbind_pidfile, "rpcbind") is None

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sidus_appliance import bootfiles, qemu, testkernel
+from sidus_appliance import bootfiles
 from sidus_appliance.config import load_config
-from sidus_appliance.lab import ApplianceProcess, Lab, write_lab_config
+from sidus_appliance.lab import ApplianceProcess, Lab, qemu, testkernel, write_lab_config
 
 from ..conftest import require
 

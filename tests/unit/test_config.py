@@ -19,8 +19,9 @@ from sidus_appliance.config import (
     path_problems,
 )
 from sidus_appliance.lab import write_lab_config
+from sidus_appliance.resources import EXAMPLE_CONFIG, data_path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
+EXAMPLE = data_path(*EXAMPLE_CONFIG)
 BASE = "interface: eth1\naddress: 10.20.17.254/24\ndomain: sidus.zone\n"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -11,8 +10,9 @@ from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
 
 from sidus_appliance.config import Config, parse_config
 from sidus_appliance.dhcp.leases import Lease
+from sidus_appliance.resources import EXAMPLE_CONFIG, data_path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
+EXAMPLE = data_path(*EXAMPLE_CONFIG)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

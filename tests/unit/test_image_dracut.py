@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sidus_appliance.resources import DRACUT_MODULE, data_path
+
 from ..conftest import require
 
-MODULE = Path(__file__).resolve().parents[2] / "nfs" / "dracut" / "90sidus"
+MODULE = data_path(*DRACUT_MODULE)
 OVERLAY = MODULE / "sidus-overlay.sh"
 DHCLIENT = MODULE / "sidus-dhclient-script.sh"
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from sidus_appliance import nfs
 from sidus_appliance.config import parse_config
+from sidus_appliance.nfs import ganesha, kernel
 
 BASE = """
 interface: eth1
@@ -98,8 +101,8 @@ def test_ganesha_rendering() -> None:
 def test_export_ids_are_stable_across_reordering() -> None:
     config = make_config()
     flipped = config.with_overrides(instances=tuple(reversed(config.instances)))
-    ids = {str(e.path): nfs.export_id(e) for e in nfs.exports(config)}
-    assert ids == {str(e.path): nfs.export_id(e) for e in nfs.exports(flipped)}
+    ids = {str(e.path): ganesha.export_id(e) for e in nfs.exports(config)}
+    assert ids == {str(e.path): ganesha.export_id(e) for e in nfs.exports(flipped)}
 
 
 def test_unknown_backend() -> None:
@@ -127,10 +130,10 @@ def test_apply_kernel_writes_only_the_managed_file(tmp_path: Path, monkeypatch: 
 
     def fake_run(argv, netns=None, timeout=30):
         calls.append(list(argv))
-        return nfs.subprocess.CompletedProcess(argv, 0, "", "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
 
-    monkeypatch.setattr(nfs, "_run", fake_run)
-    monkeypatch.setattr(nfs.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(kernel, "_run", fake_run)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
     messages: list[str] = []
     nfs.apply(config, messages.append)
     written = config.nfs.exports_file.read_text()
@@ -144,9 +147,9 @@ def test_apply_kernel_writes_only_the_managed_file(tmp_path: Path, monkeypatch: 
 
 def test_apply_kernel_reports_exportfs_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(tmp_path, export=str(tmp_path / "export"))
-    monkeypatch.setattr(nfs.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
     monkeypatch.setattr(
-        nfs, "_run", lambda argv, netns=None, timeout=30: nfs.subprocess.CompletedProcess(
+        kernel, "_run", lambda argv, netns=None, timeout=30: subprocess.CompletedProcess(
             argv, 1, "", "exportfs: /export/home does not support NFS export\n"
         ),
     )
@@ -155,7 +158,7 @@ def test_apply_kernel_reports_exportfs_errors(tmp_path: Path, monkeypatch: pytes
 
 
 def test_apply_kernel_without_exportfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nfs.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(nfs.NfsError, match="nfs-kernel-server"):
         nfs.apply(make_config(tmp_path, export=str(tmp_path / "e")), lambda m: None)
 
@@ -165,9 +168,9 @@ def test_parse_etab_and_showmount() -> None:
         "/export\t10.20.17.0/24(rw,sync,wdelay,hide,nocrossmnt,secure,root_squash,fsid=0)\n"
         "/srv/nfsroot/bookworm\t10.20.17.253(rw,sync,no_root_squash)\n"
     )
-    assert nfs.parse_etab(etab) == {("/export", "10.20.17.0/24"), ("/srv/nfsroot/bookworm", "10.20.17.253")}
+    assert kernel.parse_etab(etab) == {("/export", "10.20.17.0/24"), ("/srv/nfsroot/bookworm", "10.20.17.253")}
     shown = "Export list for 127.0.0.1:\n/srv/nfsroot/bookworm 10.20.17.253/32,10.20.17.0/24\n/export 10.20.17.0/24\n"
-    assert nfs.parse_showmount(shown) == {
+    assert ganesha.parse_showmount(shown) == {
         "/srv/nfsroot/bookworm": {"10.20.17.253/32", "10.20.17.0/24"},
         "/export": {"10.20.17.0/24"},
     }
@@ -179,8 +182,8 @@ def test_check_kernel_compares_etab(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     config = make_config(tmp_path, export=str(export)).with_overrides(instances=())
     config.nfs.exports_file.parent.mkdir(parents=True)
     config.nfs.exports_file.write_text("x")
-    monkeypatch.setattr(nfs.shutil, "which", lambda name: f"/usr/sbin/{name}")
-    monkeypatch.setattr(nfs, "_rpc_programs", lambda netns, host="127.0.0.1": {100000, 100003, 100005})
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(kernel, "_rpc_programs", lambda netns, host="127.0.0.1": {100000, 100003, 100005})
     etab = tmp_path / "etab"
     etab.write_text(f"{export}\t10.20.17.0/24(rw)\n")
     problems = nfs.check(config, etab=etab)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidus_appliance import qemu, testkernel
+from sidus_appliance.lab import qemu, testkernel
 
 from ..conftest import require
 

@@ -26,6 +26,9 @@ from typing import Any
 import yaml
 from pyroute2 import NetNS, netns
 
+from .. import resources
+from ..resources import data_path
+
 log = logging.getLogger("sidus.lab")
 
 PREFIX = "sidus"
@@ -228,7 +231,7 @@ def lab(**kwargs: object) -> Iterator[Lab]:
 # --------------------------------------------------------------------------- the appliance
 
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config.example.yaml"
+EXAMPLE_CONFIG = data_path(*resources.EXAMPLE_CONFIG)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`sidus-appliance lab up|status|boot|down|demo`: the isolated lab from the command line.
+"""`sidus-appliance lab up|status|boot|down|demo`: the isolated lab (cli/lab.py parses the arguments).
 
 `up` leaves a lab running (namespace `sidus-demo-srv`, the appliance in it, started by PID and
 recorded in a state file) so that `boot` and `down` can act on it later; `demo` does the whole
@@ -7,7 +7,6 @@ tour in one process and always cleans up.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -22,10 +21,11 @@ from typing import Any
 
 from pyroute2 import netns
 
-from . import bootfiles, qemu, testkernel
-from .boot.kernels import kernel_name
-from .config import load_config, normalize_mac
-from .lab import PREFIX, ApplianceProcess, Lab, run_udhcpc, write_lab_config
+from .. import bootfiles
+from ..boot.kernels import kernel_name
+from ..config import load_config, normalize_mac
+from . import qemu, testkernel
+from .netns import PREFIX, ApplianceProcess, Lab, run_udhcpc, write_lab_config
 
 STATE_DIR = Path("/run/sidus-appliance-lab")
 DEMO_TAG = "demo"
@@ -73,12 +73,12 @@ def prepare_workdir(workdir: Path) -> tuple[Path, testkernel.TestKernel]:
     return config_path, kernel
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def up(workdir_arg: str | None = None) -> int:
     if _load_state():
         print("a lab is already up; `sidus-appliance lab down` first", file=sys.stderr)
         return 2
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sidus-lab-"))
+    workdir = Path(workdir_arg or tempfile.mkdtemp(prefix="sidus-lab-"))
     the_lab = Lab(tag=DEMO_TAG)
     the_lab.up()
     try:
@@ -98,7 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "config": str(config_path),
                 "namespaces": [the_lab.server_ns],
                 "kernel": str(kernel.vmlinuz),
-                "temporary": not args.workdir,
+                "temporary": not workdir_arg,
             }
         )
     )
@@ -106,7 +106,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_down(args: argparse.Namespace) -> int:
+def down() -> int:
     state = _load_state()
     if state is None:
         print("no lab is up")
@@ -134,21 +134,21 @@ def _boot_one(the_lab: Lab, firmware: qemu.Firmware, mac: str, workdir: Path, ke
         the_lab.remove_tap(tap)
 
 
-def cmd_boot(args: argparse.Namespace) -> int:
+def boot(firmware: qemu.Firmware, mac_arg: str) -> int:
     state = _load_state()
     if state is None:
         print("no lab is up: `sidus-appliance lab up` first", file=sys.stderr)
         return 2
     the_lab = Lab(tag=DEMO_TAG)  # the running lab: same names, nothing created here
-    mac = normalize_mac(args.mac)
-    done = _step(f"booting a {args.firmware} client {mac} (QEMU, serial log under {state['workdir']})")
-    result = _boot_one(the_lab, args.firmware, mac, Path(state["workdir"]), Path(state["kernel"]))
+    mac = normalize_mac(mac_arg)
+    done = _step(f"booting a {firmware} client {mac} (QEMU, serial log under {state['workdir']})")
+    result = _boot_one(the_lab, firmware, mac, Path(state["workdir"]), Path(state["kernel"]))
     done(result.summary())
     _table(tuple(result.row()), [tuple(result.row().values())])
     return 0 if result.ok else 1
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def status() -> int:
     state = _load_state()
     if state is None:
         print("no lab is up")
@@ -157,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def demo(boots: tuple[tuple[qemu.Firmware, str], ...] = DEMO_BOOTS) -> int:
     """The newcomer's tour: an isolated lab, the appliance, real DHCP clients and real PXE
     firmware booting from it, a table; everything removed afterwards, also on failure."""
     workdir = Path(tempfile.mkdtemp(prefix="sidus-demo-"))
@@ -185,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print()
 
             boots: list[tuple[str, ...]] = []
-            for firmware, mac in args.boots:
+            for firmware, mac in boots:
                 done = _step(f"QEMU {firmware} client {mac}: PXE boot to the marker line (TCG: ~20-45 s)")
                 result = _boot_one(the_lab, firmware, mac, workdir, kernel.vmlinuz)
                 done(result.summary())
@@ -212,32 +212,3 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
     for row in (header, tuple("-" * w for w in widths), *rows):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
-
-
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("lab", help="an isolated lab in network namespaces (demo, experiments)")
-    lab_sub = parser.add_subparsers(dest="lab_command", required=True)
-    p = lab_sub.add_parser("up", help="create the lab and start the appliance in it")
-    p.add_argument("--workdir", help="where config, state and boot tree live (default: a temp dir)")
-    p.set_defaults(func=cmd_up)
-    p = lab_sub.add_parser("boot", help="boot one QEMU PXE client in the running lab")
-    p.add_argument(
-        "--firmware",
-        choices=qemu.FIRMWARES,
-        default="bios",
-        help="bios: SeaBIOS+iPXE (arch 0); uefi: OVMF+iPXE (arch 7); uefi-native: OVMF's own PXE",
-    )
-    p.add_argument("--mac", default="52:54:00:5a:00:01", help="client MAC (08:00:aa:bb:cc:dd is the master)")
-    p.set_defaults(func=cmd_boot)
-    lab_sub.add_parser("down", help="stop the appliance and remove the lab").set_defaults(func=cmd_down)
-    lab_sub.add_parser("status", help="show the running lab").set_defaults(func=cmd_status)
-    p = lab_sub.add_parser("demo", help="the full tour, cleaned up afterwards")
-    p.add_argument(
-        "--all-firmware",
-        dest="boots",
-        action="store_const",
-        const=DEMO_BOOTS_ALL,
-        default=DEMO_BOOTS,
-        help="also boot OVMF's native PXE client",
-    )
-    p.set_defaults(func=cmd_demo)

@@ -1,39 +1,35 @@
-"""Command line: serve, check, leases, menu, bootfiles, exports, image, lab."""
+"""Command line: serve, check, leases, menu, bootfiles, exports, image, lab.
+
+All argparse lives in this package (one module per command group); the domain modules never
+import it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
-from .config import ConfigError, describe, load_config, normalize_mac, path_problems
-
-DEFAULT_CONFIG = Path("/etc/sidus-appliance/config.yaml")
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG, help="config file (default %(default)s)")
+from ..config import ConfigError, describe, normalize_mac, path_problems
+from . import bootfiles, exports, image, lab
+from .common import command, config_of
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .runtime import serve
+    from ..runtime import serve
 
     return serve(args.config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_of(args)
     print(describe(config))
     # `serve` refuses these too: a missing boot tree would otherwise only show as clients
     # that never boot (each problem names file:line and key, like a parse error).
     problems = path_problems(config)
     if args.live:
-        from . import nfs
-        from .runtime import StartupError, check_interface
+        from .. import nfs
+        from ..runtime import StartupError, check_interface
 
         try:
             check_interface(config)
@@ -47,10 +43,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    from .dhcp.leases import LeaseStore
-    from .runtime import LEASES_FILE, StartupError, check_state_dir
+    from ..dhcp.leases import LeaseStore
+    from ..runtime import LEASES_FILE, StartupError, check_state_dir
 
-    config = load_config(args.config)
+    config = config_of(args)
     path = config.state_dir / LEASES_FILE
     if not path.exists():
         print(f"no leases yet ({path} does not exist)")
@@ -71,56 +67,29 @@ def cmd_leases(args: argparse.Namespace) -> int:
 
 
 def cmd_menu(args: argparse.Namespace) -> int:
-    from .boot.pxelinux import render_menu
+    from ..boot.pxelinux import render_menu
 
-    config = load_config(args.config)
+    config = config_of(args)
     mac = normalize_mac(args.mac) if args.mac else None
     sys.stdout.write(render_menu(config, mac))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sidus-appliance", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sidus-appliance", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("serve", help="run DHCP, DNS and TFTP in one process")
-    _config_arg(p)
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("check", help="validate a config and print the effective settings")
-    _config_arg(p)
+    commands = parser.add_subparsers(dest="command", required=True)
+    command(commands, "serve", cmd_serve, "run DHCP, DNS and TFTP in one process")
+    p = command(commands, "check", cmd_check, "validate a config and print the effective settings")
     p.add_argument(
         "--live", action="store_true", help="also check the interface, its address and the NFS exports on this host"
     )
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("leases", help="list the lease table")
-    _config_arg(p)
-    p.set_defaults(func=cmd_leases)
-
-    p = sub.add_parser("menu", help="print the pxelinux menu a MAC would receive")
-    _config_arg(p)
+    command(commands, "leases", cmd_leases, "list the lease table")
+    p = command(commands, "menu", cmd_menu, "print the pxelinux menu a MAC would receive")
     p.add_argument("--mac", help="client MAC (default: the default menu)")
-    p.set_defaults(func=cmd_menu)
-
-    for register in _optional_commands():
-        register(sub)
+    for module in (bootfiles, exports, image, lab):
+        module.register(commands)
     return parser
-
-
-def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Sub-commands contributed by the bootfiles, NFS, image and lab modules."""
-    registrars = []
-    for module_name in ("bootfiles", "nfs", "image.cli", "labcli"):
-        full_name = f"{__package__}.{module_name}"
-        if importlib.util.find_spec(full_name) is None:
-            continue  # not written yet; a broken module still fails loudly below
-        module = importlib.import_module(full_name)
-        register = getattr(module, "add_subcommands", None)
-        if register is not None:
-            registrars.append(register)
-    return registrars
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`image build|chroot|list`, registered by cli.py through add_subcommands."""
+"""`image build|chroot|list`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import getpass
 import sys
 from pathlib import Path
 
-from ..config import load_config
-from .builder import STEPS, BuildError, build, instance_root
-from .chrootenv import ChrootError, shell
-from .instances import format_instances, list_instances
-from .profiles import PROFILES
+from ..image.builder import STEPS, BuildError, build, instance_root
+from ..image.chrootenv import ChrootError, shell
+from ..image.instances import format_instances, list_instances
+from ..image.profiles import PROFILES
+from .common import Commands, command, config_of, group
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_of(args)
     password = None
     if args.ask_password:
         password = getpass.getpass(f"root password for {args.name}: ")
@@ -35,7 +35,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_chroot(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_of(args)
     root = instance_root(config, args.name)
     if not (root / "bin").exists() and not (root / "usr/bin").exists():
         print(f"{root} is not an instance root (build it with `image build {args.name}`)", file=sys.stderr)
@@ -51,19 +51,14 @@ def cmd_chroot(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_of(args)
     print(format_instances(list_instances(config, sizes=not args.no_size)), end="")
     return 0
 
 
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    from ..cli import _config_arg
-
-    parser = sub.add_parser("image", help="build and maintain shared Debian roots (instances)")
-    verbs = parser.add_subparsers(dest="image_command", required=True)
-
-    p = verbs.add_parser("build", help="debootstrap an instance and make it NFS-bootable (resumable)")
-    _config_arg(p)
+def register(commands: Commands) -> None:
+    verbs = group(commands, "image", "build and maintain shared Debian roots (instances)")
+    p = command(verbs, "build", cmd_build, "debootstrap an instance and make it NFS-bootable (resumable)")
     p.add_argument("name")
     p.add_argument("--suite", default="bookworm")
     p.add_argument("--arch", default="amd64")
@@ -72,15 +67,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, help="reuse/keep the debootstrap base tarball and .debs here")
     p.add_argument("--ask-password", action="store_true", help="ask for the root password (default: generate one)")
     p.add_argument("--redo", action="append", choices=STEPS, help="run this step again even if done")
-    p.set_defaults(func=cmd_build)
 
-    p = verbs.add_parser("chroot", help="run a command in an instance (mounts set up and torn down)")
-    _config_arg(p)
+    p = command(verbs, "chroot", cmd_chroot, "run a command in an instance (mounts set up and torn down)")
     p.add_argument("name")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... (default: a login shell)")
-    p.set_defaults(func=cmd_chroot)
 
-    p = verbs.add_parser("list", help="instances with their state, kernels and size")
-    _config_arg(p)
+    p = command(verbs, "list", cmd_list, "instances with their state, kernels and size")
     p.add_argument("--no-size", action="store_true", help="skip du (fast)")
-    p.set_defaults(func=cmd_list)

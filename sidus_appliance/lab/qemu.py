@@ -7,7 +7,7 @@ Three firmware paths, matching what real lab machines do:
   own, so iPXE's is the only network stack); sends arch 7.
 - ``uefi-native``: OVMF's own VirtioNetDxe + PxeBcDxe (``virtio-net-pci,romfile=``); arch 7.
 
-The guest is the test instance of :mod:`sidus_appliance.testkernel`: it prints one ``SIDUS-MARKER``
+The guest is the test instance of :mod:`sidus_appliance.lab.testkernel`: it prints one ``SIDUS-MARKER``
 line on the serial port and powers off, so a boot is "start QEMU, wait for the marker, read the
 serial log". ``-no-reboot`` turns a guest reset into a QEMU exit, which is how a broken KVM
 shows itself quickly (on our box nested KVM aborts on an MSR with ``-cpu host`` and hangs before
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .boot.model import Profile
-from .lab import end_process
+from ..boot.model import Profile
+from .netns import end_process
 
 Firmware = Literal["bios", "uefi", "uefi-native"]
 FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-native")
