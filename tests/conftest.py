@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -42,25 +43,31 @@ def client(lab: Lab) -> ClientPort:
     return lab.add_client()
 
 
+@contextlib.contextmanager
+def serving(lab: Lab, config_path: Path, log_path: Path) -> Iterator[ApplianceProcess]:
+    """`sidus-appliance serve` running in the lab; ended by PID afterwards, also when its start fails."""
+    appliance = ApplianceProcess(lab, config_path, log_path)
+    try:
+        yield appliance.start()
+    finally:
+        appliance.stop()
+
+
 @pytest.fixture
 def start_appliance(lab: Lab, tmp_path: Path) -> Iterator[StartAppliance]:
     """Start `sidus-appliance serve` in the lab with the example config plus overrides.
 
     Returns the running process; every process started here is ended (by PID) afterwards.
     """
-    started: list[ApplianceProcess] = []
+    with contextlib.ExitStack() as running:
 
-    def start(overrides: dict[str, Any] | None = None, workdir: Path | None = None) -> ApplianceProcess:
-        workdir = workdir or tmp_path / "appliance"
-        workdir.mkdir(parents=True, exist_ok=True)
-        config_path = write_lab_config(workdir, overrides)
-        process = ApplianceProcess(lab, config_path, workdir / "serve.log")
-        started.append(process)
-        return process.start()
+        def start(overrides: dict[str, Any] | None = None, workdir: Path | None = None) -> ApplianceProcess:
+            workdir = workdir or tmp_path / "appliance"
+            workdir.mkdir(parents=True, exist_ok=True)
+            config_path = write_lab_config(workdir, overrides)
+            return running.enter_context(serving(lab, config_path, workdir / "serve.log"))
 
-    yield start
-    for process in started:
-        process.stop()
+        yield start
 
 
 @pytest.fixture

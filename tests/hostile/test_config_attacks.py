@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sidus_appliance.lab import ApplianceProcess, Lab, run_udhcpc, write_lab_config
+from sidus_appliance.lab import Lab, run_udhcpc, write_lab_config
 
-from ..conftest import StartAppliance
+from ..conftest import StartAppliance, serving
 from . import checks
 
 pytestmark = pytest.mark.integration
@@ -103,12 +103,8 @@ def test_serve_refuses(lab: Lab, tmp_path: Path, breaker: Breaker) -> None:
     base = lab_config(tmp_path / "lab")
     config_path = tmp_path / "broken.yaml"
     expected = write_broken(config_path, base, breaker, tmp_path / "scratch")
-    appliance = ApplianceProcess(lab, config_path, tmp_path / "serve.log")
-    try:
-        with pytest.raises(RuntimeError) as caught:
-            appliance.start()
-    finally:
-        appliance.stop()
+    with pytest.raises(RuntimeError) as caught, serving(lab, config_path, tmp_path / "serve.log"):
+        pass
     log = str(caught.value)
     assert "appliance exited with 2" in log, log
     assert expected in log, log

@@ -24,7 +24,7 @@ import pytest
 
 from sidus_appliance.lab import ApplianceProcess, ClientPort, Lab, run_udhcpc, write_lab_config
 
-from ..conftest import require
+from ..conftest import require, serving
 
 pytestmark = pytest.mark.integration
 
@@ -79,13 +79,11 @@ def dns_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsLab]:
         secondary = lab.add_client(address="10.20.17.252/24")
         upstream = subprocess.Popen(lab.server_argv([sys.executable, "-c", FAKE_UPSTREAM]),
                                     stdout=subprocess.PIPE, text=True)
-        appliance = ApplianceProcess(lab, write_lab_config(workdir, OVERRIDES), workdir / "serve.log")
         try:
             assert upstream.stdout is not None and "ready" in upstream.stdout.readline()
-            appliance.start()
-            yield DnsLab(lab, appliance, inside, secondary, workdir)
+            with serving(lab, write_lab_config(workdir, OVERRIDES), workdir / "serve.log") as appliance:
+                yield DnsLab(lab, appliance, inside, secondary, workdir)
         finally:
-            appliance.stop()
             upstream.kill()
             upstream.wait()
 

@@ -20,6 +20,7 @@ from sidus_appliance.config import parse_config
 from sidus_appliance.image import chrootenv
 from sidus_appliance.lab.ganesha import apply_in_netns
 
+from ..configs import nfs_config_text
 from ..conftest import require
 from .test_nfs_ganesha import NEEDED, SERVER, Pair, url
 
@@ -29,22 +30,7 @@ CACHE = Path(os.environ.get("SIDUS_IMAGE_CACHE", "/var/cache/sidus-appliance"))
 
 
 def config_for(tmp: Path):
-    return parse_config(f"""
-interface: s0
-address: {SERVER}/24
-domain: sidus.zone
-state_dir: {tmp}/state
-hosts:
-  - {{name: master, mac: "08:00:aa:bb:cc:dd", address: 10.20.17.253, profile: master}}
-instances:
-  - {{name: mini}}
-nfs:
-  backend: ganesha
-  export_root: {tmp}/export
-  home: {tmp}/export/home
-  instances_dir: {tmp}/nfsroot
-  ganesha_config: {tmp}/state/ganesha.conf
-""", "test.yaml")
+    return parse_config(nfs_config_text(tmp, ["mini"]), "test.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,12 @@ from sidus_appliance.config import parse_config
 from sidus_appliance.lab.ganesha import apply_in_netns
 from sidus_appliance.nfs import ganesha
 
+from ..configs import SERVER, nfs_config_text
 from ..conftest import require
 
 pytestmark = pytest.mark.integration
 
 NEEDED = ("ganesha.nfsd", "rpcbind", "rpcinfo", "showmount", "nfs-cat", "nfs-cp", "ip", "unshare")
-SERVER = "10.20.17.254"
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -75,24 +75,7 @@ def pair() -> Iterator[Pair]:
         yield p
 
 
-def config_text(tmp: Path, instances: list[str]) -> str:
-    listed = "\n".join(f"  - {{name: {name}}}" for name in instances) or "  []"
-    return f"""
-interface: s0
-address: {SERVER}/24
-domain: sidus.zone
-state_dir: {tmp}/state
-hosts:
-  - {{name: master, mac: "08:00:aa:bb:cc:dd", address: 10.20.17.253, profile: master}}
-instances:
-{listed}
-nfs:
-  backend: ganesha
-  export_root: {tmp}/export
-  home: {tmp}/export/home
-  instances_dir: {tmp}/nfsroot
-  ganesha_config: {tmp}/state/ganesha.conf
-"""
+config_text = nfs_config_text  # ganesha, interface s0: the Pair's server side
 
 
 def url(path: Path | str, query: str = "") -> str:

@@ -22,7 +22,7 @@ from sidus_appliance import bootfiles
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import ApplianceProcess, ClientPort, Lab, write_lab_config
 
-from ..conftest import require
+from ..conftest import require, serving
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +74,8 @@ def tftp_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TftpLab]:
     with Lab() as lab:
         pc = lab.add_client(address="10.20.17.5/24")
         master = lab.add_client(mac=MASTER_MAC, address="10.20.17.253/24")
-        appliance = ApplianceProcess(lab, config_path, workdir / "serve.log")
-        try:
-            appliance.start()
+        with serving(lab, config_path, workdir / "serve.log") as appliance:
             yield TftpLab(lab, appliance, pc, master, root, out)
-        finally:
-            appliance.stop()
 
 
 def curl(client: ClientPort, path: str, dest: Path, blksize: int | None = None, timeout: float = 120) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ..configs import nfs_config_text
 from ..conftest import require
 
 pytestmark = pytest.mark.integration
@@ -47,22 +48,12 @@ def test_the_wheel_installs_and_runs_without_the_source_tree(tmp_path: Path) -> 
     assert (Path(where.stdout.split()[1]) / "module-setup.sh").is_file()
 
     # A config of an administrator's own: boot tree and state in this test's directory.
-    tftp, state = tmp_path / "tftp", tmp_path / "state"
+    tftp = tmp_path / "tftp"
     tftp.mkdir()
-    state.mkdir()
+    (tmp_path / "state").mkdir()
     config = tmp_path / "config.yaml"
-    config.write_text(f"""
-interface: eth1
-address: 10.20.17.254/24
-domain: sidus.zone
-state_dir: {state}
-hosts:
-  - {{name: master, mac: "08:00:aa:bb:cc:dd", address: 10.20.17.253, profile: master}}
-dhcp:
-  pool: {{start: 10.20.17.10, end: 10.20.17.200}}
-tftp:
-  root: {tftp}
-""")
+    config.write_text(nfs_config_text(tmp_path, [], interface="eth1", backend="kernel",
+                                      extra=f"tftp:\n  root: {tftp}\n"))
     staged = run([str(cli), "bootfiles", "install", "--config", str(config)], elsewhere)
     assert staged.returncode == 0, staged.stdout + staged.stderr
     assert (tftp / "pxelinux.0").read_bytes() == Path("/usr/lib/PXELINUX/pxelinux.0").read_bytes()

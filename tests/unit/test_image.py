@@ -16,27 +16,13 @@ from sidus_appliance.image import chrootenv as ch
 from sidus_appliance.image import instances as inst
 from sidus_appliance.image.profiles import packages
 
+from ..configs import nfs_config_text
 from ..conftest import require
-
-CONFIG = """
-interface: eth1
-address: 10.20.17.254/24
-domain: sidus.zone
-state_dir: {tmp}/state
-hosts:
-  - {{name: master, mac: "08:00:aa:bb:cc:dd", address: 10.20.17.253, profile: master}}
-instances:
-  - {{name: bookworm}}
-nfs:
-  export_root: {tmp}/export
-  home: {tmp}/export/home
-  instances_dir: {tmp}/nfsroot
-"""
 
 
 @pytest.fixture
 def config(tmp_path: Path):
-    return parse_config(CONFIG.format(tmp=tmp_path), "test.yaml")
+    return parse_config(nfs_config_text(tmp_path, ["bookworm"], interface="eth1", backend="kernel"), "test.yaml")
 
 
 def test_profiles() -> None:
