@@ -255,17 +255,12 @@ class DnsService:
             self._expiry_handle = self._loop.call_later(delay, self._rebuild, "expiry")
 
     def _lease_changed(self, old: Lease | None, new: Lease | None) -> None:
+        # Called on our loop: the lease table changes only there (the DHCP core, its reload and
+        # the journal's rollback); the fsync worker thread never touches the table.
         if self._closed or self._loop is None:
             return
         if (old is not None and old.state == "bound") or (new is not None and new.state == "bound"):
-            try:
-                here = asyncio.get_running_loop() is self._loop
-            except RuntimeError:
-                here = False
-            if here:  # the usual case: DHCP commits on our loop; no extra hop
-                self._schedule_rebuild()
-            else:
-                self._loop.call_soon_threadsafe(self._schedule_rebuild)
+            self._schedule_rebuild()
 
     def _schedule_rebuild(self) -> None:
         """Rebuild at once after a quiet spell, else at most once per REBUILD_DELAY (a storm)."""
