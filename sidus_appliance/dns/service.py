@@ -27,7 +27,7 @@ from ..dhcp.leases import Lease, LeaseStore
 from ..ratelimit import RateLimitedLog
 from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
 from .tcp import TcpConn, TcpPool
-from .zone import Zone, zone_content
+from .zone import ZoneBuilder
 
 REBUILD_DELAY = 0.1  # least spacing between zone rebuilds (a boot storm coalesces into few)
 WARM_DELAY = 1.0  # precompute answers once the zone has been stable this long (not mid-storm)
@@ -160,8 +160,8 @@ class DnsService:
         self.leases = leases
         self.log = log
         self.warnings = RateLimitedLog(log)  # one line per (problem, source) per minute
-        content, problems = zone_content(config, self._bound())
-        self.zone = Zone(config.domain, config.reverse_zone, next_serial(0, time.time()), content, problems)
+        self.zones = ZoneBuilder()  # this service's own: what successive zones share
+        self.zone = self.zones.build(config, self._bound(), next_serial(0, time.time()))
         self.core = DnsServer(self.zone, policy_of(config), warm=False,  # warmed in steps by start()
                               report=self.client_problem)
         self._listeners: list[_UdpListener] = []
@@ -276,13 +276,13 @@ class DnsService:
             self._last_rebuild = self._loop.time()
         bound = self._bound()
         self._arm_expiry(bound)
-        content, problems = zone_content(self.config, bound)
+        content, problems = self.zones.content(self.config, bound)
         apexes = (self.config.domain, self.config.reverse_zone)
         if content == self.zone.content and apexes == self.zone.apexes and not force:
             return
         for problem in set(problems) - set(self.zone.problems):
             self.log.warning("dns: %s", problem)
-        self.zone = Zone(*apexes, next_serial(self.zone.serial, time.time()), content, problems)
+        self.zone = self.zones.zone(self.config, next_serial(self.zone.serial, time.time()), content, problems)
         # The memo is emptied at once (no stale answer survives the swap) and refills from
         # queries; the whole zone is precomputed again once changes pause (WARM_DELAY), in
         # small steps between datagrams, so a boot storm never pays for repeated warm-ups.
