@@ -45,15 +45,17 @@ def listen_addresses(config: Config) -> list[str]:
     return list(dict.fromkeys(str(a) for a in listen))
 
 
-def upstreams_of(config: Config) -> tuple[list[tuple[str, int]], list[str]]:
+Upstream = tuple[str, int]  # (address, port), as the config parsed it
+
+
+def upstreams_of(config: Config) -> tuple[list[Upstream], list[Upstream]]:
     """Usable upstreams, and the configured ones dropped because they are ourselves (a loop)."""
     ours = {(a, config.dns.port) for a in listen_addresses(config)}
     usable, dropped = [], []
-    for text in config.dns.upstream:
-        host, _, port = text.partition(":")
-        upstream = (host, int(port or 53))
-        if upstream in ours or (upstream[1] == config.dns.port and host.startswith("127.") and "0.0.0.0" in ours):
-            dropped.append(text)
+    for upstream in config.dns.upstreams:
+        host, port = upstream
+        if upstream in ours or (port == config.dns.port and host.startswith("127.") and "0.0.0.0" in ours):
+            dropped.append(upstream)
         else:
             usable.append(upstream)
     return usable, dropped
@@ -187,8 +189,8 @@ class DnsService:
         self._loop = asyncio.get_running_loop()
         for problem in self.zone.problems:
             self.log.warning("dns: %s", problem)
-        for upstream in upstreams_of(self.config)[1]:
-            self.log.warning("dns: upstream %s is this server itself (a forwarding loop); ignored", upstream)
+        for host, port in upstreams_of(self.config)[1]:
+            self.log.warning("dns: upstream %s:%d is this server itself (a forwarding loop); ignored", host, port)
         port = self.config.dns.port
         try:
             for address in self.addresses():
