@@ -102,7 +102,8 @@ class DnsConfig:
     port: int = 53
     listen: tuple[IPv4Address, ...] = ()  # empty: the appliance address and 127.0.0.1
     ttl: int = 3600
-    upstream: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: no forwarding at all
+    # (address, port) from the YAML key `upstream` ("ip" or "ip:port"); empty: no forwarding at all
+    upstreams: tuple[tuple[str, int], ...] = ()
     recursion_allowed: tuple[IPv4Network, ...] = ()  # empty: the lab subnet only
     transfer_allowed: tuple[IPv4Network, ...] = ()  # AXFR; empty: nobody
     forward_timeout: float = 2.0
@@ -511,14 +512,8 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
             "tcp_idle_timeout",
         },
     )
-    upstream = []
-    for i, item in enumerate(r.sequence(d.get("upstream"), p + ("upstream",))):
-        text = r.text(item, p + ("upstream", i))
-        host, _, port = text.partition(":")
-        r.ip(host, p + ("upstream", i))
-        if port:
-            r.integer(int(port) if port.isdigit() else port, p + ("upstream", i), 1, 65535)
-        upstream.append(text)
+    up = p + ("upstream",)
+    upstreams = tuple(_upstream(r, item, up + (i,)) for i, item in enumerate(r.sequence(d.get("upstream"), up)))
     records = []
     rp = p + ("records",)
     for i, item in enumerate(r.sequence(d.get("records"), rp)):
@@ -544,7 +539,7 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
         port=r.integer(d.get("port", 53), p + ("port",), 1, 65535),
         listen=tuple(r.ip(v, p + ("listen", i)) for i, v in enumerate(r.sequence(d.get("listen"), p + ("listen",)))),
         ttl=r.integer(d.get("ttl", 3600), p + ("ttl",), 0, 2**31 - 1),
-        upstream=tuple(upstream),
+        upstreams=upstreams,
         recursion_allowed=r.networks(d.get("recursion_allowed"), p + ("recursion_allowed",)) or (subnet,),
         transfer_allowed=r.networks(d.get("transfer_allowed"), p + ("transfer_allowed",)),
         forward_timeout=r.number(d.get("forward_timeout", 2.0), p + ("forward_timeout",), 0.1, 60),
@@ -553,6 +548,22 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
         tcp_max_per_client=r.integer(d.get("tcp_max_per_client", 8), p + ("tcp_max_per_client",), 1, 65536),
         tcp_idle_timeout=r.number(d.get("tcp_idle_timeout", 10.0), p + ("tcp_idle_timeout",), 0.5, 300),
     )
+
+
+def _upstream(r: _Reader, item: Any, path: tuple[Any, ...]) -> tuple[str, int]:
+    """`192.0.2.53` or `192.0.2.53:5353` → (address, port); the port defaults to 53."""
+    text = r.text(item, path)
+    host, colon, port = text.partition(":")
+    try:
+        address = IPv4Address(host)
+    except ValueError:
+        raise r.fail(path, f"{text!r}: {host!r} is not an IPv4 address (expected ip or ip:port)") from None
+    if not colon or not port:  # "192.0.2.53:" as well: it was accepted before the port was parsed here
+        return str(address), 53
+    number = int(port) if port.isascii() and port.isdigit() else None
+    if number is None or not 1 <= number <= 65535:
+        raise r.fail(path, f"{text!r}: port {port!r} is not a whole number from 1 to 65535")
+    return str(address), number
 
 
 def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
@@ -703,8 +714,9 @@ def describe(config: Config) -> str:
     for h in config.hosts:
         lines.append(f"host:        {h.name} {h.mac} {h.address} profile={h.profile}")
     n = config.dns
+    upstreams = ", ".join(f"{address}:{port}" for address, port in n.upstreams) or "none"
     lines.append(
-        f"dns:         {'on' if n.enabled else 'off'} port {n.port}, upstream {', '.join(n.upstream) or 'none'}, "
+        f"dns:         {'on' if n.enabled else 'off'} port {n.port}, upstream {upstreams}, "
         f"recursion for {', '.join(map(str, n.recursion_allowed))}, "
         f"axfr for {', '.join(map(str, n.transfer_allowed)) or 'nobody'}"
     )

@@ -123,17 +123,21 @@ class Decision:
     changes: list[LeaseChange] = field(default_factory=list)
     error: bool = False  # the core failed on this packet (a bug or the store refused): logged as an error
 
-    def __str__(self) -> str:
-        parts = [f"{self.message} from {self.mac} ({self.client}) -> {self.action}"]
+    def log_line(self) -> str:
+        """The one text of a decision, as the service logs it (README quotes it; keep it stable):
+        `dhcp: REQUEST from 52:54:00:5a:00:01 (ipxe, arch 0) -> ACK 10.20.17.12 boot pxelinux.0 (selecting)`."""
+        arch = "-" if self.arch is None else str(self.arch)
+        parts = [f"dhcp: {self.message} from {self.mac} ({self.client}, arch {arch}) -> {self.action}"]
         if self.address is not None:
             parts.append(str(self.address))
-        if self.arch is not None:
-            parts.append(f"arch {self.arch}")
         if self.boot_file:
             parts.append(f"boot {self.boot_file}")
         if self.reason:
             parts.append(f"({self.reason})")
         return " ".join(parts)
+
+    def __str__(self) -> str:  # assertion messages and the like show the log line, not a second form
+        return self.log_line()
 
 
 

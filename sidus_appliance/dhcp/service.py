@@ -184,19 +184,11 @@ class DhcpService:
         if d.action == "DROP":
             self.log.debug("dhcp: dropped packet from %s:%d: %s", addr[0], addr[1], d.reason)
             return
-        arch = "-" if d.arch is None else str(d.arch)
-        parts = [f"dhcp: {d.message} from {d.mac} ({d.client}, arch {arch}) -> {d.action}"]
-        if d.address is not None:
-            parts.append(str(d.address))
-        if d.boot_file:
-            parts.append(f"boot {d.boot_file}")
-        if d.reason:
-            parts.append(f"({d.reason})")
         if d.action in ("NAK", "IGNORE") and d.reason:
             # Warnings a client can trigger at will: once per client and action per minute.
-            self.warnings.warning((d.action, d.mac), " ".join(parts))
+            self.warnings.warning((d.action, d.mac), "%s", d.log_line())
         else:
-            self.log.info(" ".join(parts))
+            self.log.info("%s", d.log_line())
 
     # ------------------------------------------------------------------ send
 

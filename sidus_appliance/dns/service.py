@@ -27,7 +27,7 @@ from ..dhcp.leases import Lease, LeaseStore
 from ..ratelimit import RateLimitedLog
 from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
 from .tcp import TcpConn, TcpPool
-from .zone import Zone, zone_content
+from .zone import ZoneBuilder
 
 REBUILD_DELAY = 0.1  # least spacing between zone rebuilds (a boot storm coalesces into few)
 WARM_DELAY = 1.0  # precompute answers once the zone has been stable this long (not mid-storm)
@@ -45,15 +45,17 @@ def listen_addresses(config: Config) -> list[str]:
     return list(dict.fromkeys(str(a) for a in listen))
 
 
-def upstreams_of(config: Config) -> tuple[list[tuple[str, int]], list[str]]:
+Upstream = tuple[str, int]  # (address, port), as the config parsed it
+
+
+def upstreams_of(config: Config) -> tuple[list[Upstream], list[Upstream]]:
     """Usable upstreams, and the configured ones dropped because they are ourselves (a loop)."""
     ours = {(a, config.dns.port) for a in listen_addresses(config)}
     usable, dropped = [], []
-    for text in config.dns.upstream:
-        host, _, port = text.partition(":")
-        upstream = (host, int(port or 53))
-        if upstream in ours or (upstream[1] == config.dns.port and host.startswith("127.") and "0.0.0.0" in ours):
-            dropped.append(text)
+    for upstream in config.dns.upstreams:
+        host, port = upstream
+        if upstream in ours or (port == config.dns.port and host.startswith("127.") and "0.0.0.0" in ours):
+            dropped.append(upstream)
         else:
             usable.append(upstream)
     return usable, dropped
@@ -160,8 +162,8 @@ class DnsService:
         self.leases = leases
         self.log = log
         self.warnings = RateLimitedLog(log)  # one line per (problem, source) per minute
-        content, problems = zone_content(config, self._bound())
-        self.zone = Zone(config.domain, config.reverse_zone, next_serial(0, time.time()), content, problems)
+        self.zones = ZoneBuilder()  # this service's own: what successive zones share
+        self.zone = self.zones.build(config, self._bound(), next_serial(0, time.time()))
         self.core = DnsServer(self.zone, policy_of(config), warm=False,  # warmed in steps by start()
                               report=self.client_problem)
         self._listeners: list[_UdpListener] = []
@@ -187,8 +189,8 @@ class DnsService:
         self._loop = asyncio.get_running_loop()
         for problem in self.zone.problems:
             self.log.warning("dns: %s", problem)
-        for upstream in upstreams_of(self.config)[1]:
-            self.log.warning("dns: upstream %s is this server itself (a forwarding loop); ignored", upstream)
+        for host, port in upstreams_of(self.config)[1]:
+            self.log.warning("dns: upstream %s:%d is this server itself (a forwarding loop); ignored", host, port)
         port = self.config.dns.port
         try:
             for address in self.addresses():
@@ -255,17 +257,12 @@ class DnsService:
             self._expiry_handle = self._loop.call_later(delay, self._rebuild, "expiry")
 
     def _lease_changed(self, old: Lease | None, new: Lease | None) -> None:
+        # Called on our loop: the lease table changes only there (the DHCP core, its reload and
+        # the journal's rollback); the fsync worker thread never touches the table.
         if self._closed or self._loop is None:
             return
         if (old is not None and old.state == "bound") or (new is not None and new.state == "bound"):
-            try:
-                here = asyncio.get_running_loop() is self._loop
-            except RuntimeError:
-                here = False
-            if here:  # the usual case: DHCP commits on our loop; no extra hop
-                self._schedule_rebuild()
-            else:
-                self._loop.call_soon_threadsafe(self._schedule_rebuild)
+            self._schedule_rebuild()
 
     def _schedule_rebuild(self) -> None:
         """Rebuild at once after a quiet spell, else at most once per REBUILD_DELAY (a storm)."""
@@ -281,13 +278,13 @@ class DnsService:
             self._last_rebuild = self._loop.time()
         bound = self._bound()
         self._arm_expiry(bound)
-        content, problems = zone_content(self.config, bound)
+        content, problems = self.zones.content(self.config, bound)
         apexes = (self.config.domain, self.config.reverse_zone)
         if content == self.zone.content and apexes == self.zone.apexes and not force:
             return
         for problem in set(problems) - set(self.zone.problems):
             self.log.warning("dns: %s", problem)
-        self.zone = Zone(*apexes, next_serial(self.zone.serial, time.time()), content, problems)
+        self.zone = self.zones.zone(self.config, next_serial(self.zone.serial, time.time()), content, problems)
         # The memo is emptied at once (no stale answer survives the swap) and refills from
         # queries; the whole zone is precomputed again once changes pause (WARM_DELAY), in
         # small steps between datagrams, so a boot storm never pays for repeated warm-ups.

@@ -1,10 +1,12 @@
 """The lab's two zones (forward and reverse), computed from the config and the lease table.
 
-Pure data, no I/O: `build_zone(config, leases, serial)` returns an immutable `Zone` that the
-sans-IO server (`server.py`) queries. Records are plain comparable tuples (`Zone.content`),
-so the service can tell whether a lease change altered DNS at all and bump the SOA serial
-only when it did. The config's part (pool included) is computed once per config; a lease
-change only recomputes the leases' part, and dnslib RRs are built lazily per owner.
+Pure data, no I/O: a `ZoneBuilder` turns the config and the leases into an immutable `Zone`
+that the sans-IO server (`server.py`) queries. Records are plain comparable tuples
+(`Zone.content`), so the service can tell whether a lease change altered DNS at all and bump
+the SOA serial only when it did. The builder keeps what successive zones share: the config's
+part (pool included), computed once per config, so that a lease change only recomputes the
+leases' part; and the dnslib RRs, built lazily per owner. Each DNS service owns its builder:
+nothing is kept at module level, so two services in one process share nothing.
 
 Name precedence, highest first (a lower tier never takes a name a higher tier holds):
 appliance (`gateway`) → reservations (`hosts`) → `dns.records` → pool names (`dhcp-<octet>`)
@@ -14,7 +16,7 @@ appliance (`gateway`) → reservations (`hosts`) → `dns.records` → pool name
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -123,18 +125,6 @@ class Content:
         return len(self.static.records) - len(self.hidden) + len(self.dynamic)
 
 
-_RRS: dict[Rec, RR] = {}  # dnslib RR per record, shared by successive zones (they share most records)
-
-
-def _rr(rec: Rec) -> RR:
-    rr = _RRS.get(rec)
-    if rr is None:
-        if len(_RRS) > 300_000:
-            _RRS.clear()
-        rr = _RRS[rec] = _make_rr(*rec)
-    return rr
-
-
 def _with_ancestors(owners: Iterable[str], apexes: tuple[str, ...], into: set[str]) -> None:
     for owner in owners:
         apex = next((a for a in apexes if _in(owner, a)), None)
@@ -151,8 +141,9 @@ class Zone:
     first use, owner by owner: a zone over a /16 pool is cheap to create per lease change."""
 
     def __init__(self, domain: str, reverse: str, serial: int, content: Content,
-                 problems: tuple[str, ...] = ()) -> None:
+                 problems: tuple[str, ...], rr: Callable[[Rec], RR]) -> None:
         self.domain = domain
+        self._rr = rr  # its builder's RRs, shared with the zones before and after it
         self.reverse = reverse
         self.apexes = (domain, reverse)
         self.serial = serial
@@ -214,7 +205,8 @@ class Zone:
         recs = self._overlay.get(owner)
         if recs is None:
             recs = self._static.index.get(owner, {})
-        out = {t: [_rr(rec) for rec in sorted(v)] for t, v in recs.items() if v}
+        rr = self._rr
+        out = {t: [rr(rec) for rec in sorted(v)] for t, v in recs.items() if v}
         apex = self._apex.get(owner)
         if apex is not None:
             out[QTYPE.SOA] = apex[QTYPE.SOA]
@@ -366,18 +358,50 @@ class _Builder:
             self.problems.append(f"{where}: cannot use this value ({exc}); ignored")
 
 
+class ZoneBuilder:
+    """Builds one DNS service's successive zones, keeping what they share (see the module
+    docstring): the config's part, for the last config object seen, and dnslib RRs per record."""
+
+    MAX_RRS = 300_000  # forget every RR past this (a /16 pool with names is ~130k records)
+
+    def __init__(self) -> None:
+        self._static: Static | None = None
+        self._rrs: dict[Rec, RR] = {}
+
+    def content(self, config: Config, leases: Iterable[LeaseLike] = ()) -> tuple[Content, tuple[str, ...]]:
+        """The records (without SOA/NS) and the config problems met; cheap enough to diff per change."""
+        static = self._static
+        if static is None or static.config is not config:
+            static = self._static = _static_part(config)
+        return _content(static, config, leases), static.problems
+
+    def zone(self, config: Config, serial: int, content: Content, problems: tuple[str, ...] = ()) -> Zone:
+        return Zone(config.domain, config.reverse_zone, serial, content, problems, rr=self.rr)
+
+    def build(self, config: Config, leases: Iterable[LeaseLike] = (), serial: int = 1) -> Zone:
+        return self.zone(config, serial, *self.content(config, leases))
+
+    def rr(self, rec: Rec) -> RR:
+        rr = self._rrs.get(rec)
+        if rr is None:
+            if len(self._rrs) > self.MAX_RRS:
+                self._rrs.clear()
+            rr = self._rrs[rec] = _make_rr(*rec)
+        return rr
+
+
 def build_zone(config: Config, leases: Iterable[LeaseLike] = (), serial: int = 1) -> Zone:
-    content, problems = zone_content(config, leases)
-    return Zone(config.domain, config.reverse_zone, serial, content, problems)
+    """One zone from scratch (tests, tools): nothing is kept for the next call."""
+    return ZoneBuilder().build(config, leases, serial)
 
 
-_STATIC: list[Static] = []  # one entry: the last config's static part
+def zone_content(config: Config, leases: Iterable[LeaseLike] = ()) -> tuple[Content, tuple[str, ...]]:
+    """`ZoneBuilder.content` from scratch: nothing is kept for the next call."""
+    return ZoneBuilder().content(config, leases)
 
 
-def static_part(config: Config) -> Static:
-    """The config-only records, memoised for the last config object seen."""
-    if _STATIC and _STATIC[0].config is config:
-        return _STATIC[0]
+def _static_part(config: Config) -> Static:
+    """The config-only records."""
     b = _Builder(config)
     b.host(NS_LABEL, config.server_ip, "appliance", b.ttl)
     for h in config.hosts:
@@ -398,15 +422,12 @@ def static_part(config: Config) -> Static:
     apexes = (config.domain, config.reverse_zone)
     names: set[str] = set(apexes)
     _with_ancestors(index, apexes, names)
-    static = Static(config, b.records, index, frozenset(names), frozenset(set(b.addresses) | set(index)),
-                    frozenset(fixed_ptr), frozenset(pool_ptr), tuple(b.problems))
-    _STATIC[:] = [static]
-    return static
+    return Static(config, b.records, index, frozenset(names), frozenset(set(b.addresses) | set(index)),
+                  frozenset(fixed_ptr), frozenset(pool_ptr), tuple(b.problems))
 
 
-def zone_content(config: Config, leases: Iterable[LeaseLike] = ()) -> tuple[Content, tuple[str, ...]]:
-    """The records (without SOA/NS) and the config problems met; cheap enough to diff per change."""
-    static = static_part(config)
+def _content(static: Static, config: Config, leases: Iterable[LeaseLike]) -> Content:
+    """The config's part plus the records of the bound leases."""
     domain = config.domain
     dyn_ttl = min(config.dns.ttl, DYNAMIC_TTL)
     bound = [lease for lease in leases if lease.state == "bound" and lease.address in config.subnet]
@@ -442,4 +463,4 @@ def zone_content(config: Config, leases: Iterable[LeaseLike] = ()) -> tuple[Cont
             dynamic[ptr_key] = dyn_ttl
             if reverse in static.pool_ptr:
                 hidden.add(reverse)
-    return Content(static, dynamic, frozenset(hidden)), static.problems
+    return Content(static, dynamic, frozenset(hidden))

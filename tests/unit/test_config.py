@@ -231,3 +231,34 @@ def test_check_paths_without_line_numbers_names_the_source(tmp_path: Path) -> No
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_upstreams_are_parsed_once_into_address_and_port() -> None:
+    config = parse_config(BASE + "dns:\n  upstream: [192.0.2.53, '198.51.100.7:5353', '203.0.113.1:']\n")
+    assert config.dns.upstreams == (("192.0.2.53", 53), ("198.51.100.7", 5353), ("203.0.113.1", 53))
+    assert parse_config(BASE).dns.upstreams == ()
+    assert "upstream 192.0.2.53:53, 198.51.100.7:5353, 203.0.113.1:53, recursion for" in describe(config)
+    assert "upstream none, recursion for" in describe(parse_config(BASE))
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ("[dns.example.org]", "cfg.yaml:6: dns.upstream[0]: 'dns.example.org': 'dns.example.org' is not an IPv4"),
+        ("['192.0.2.300:53']", "cfg.yaml:6: dns.upstream[0]: '192.0.2.300:53': '192.0.2.300' is not an IPv4"),
+        ("[':53']", "cfg.yaml:6: dns.upstream[0]: ':53': '' is not an IPv4 address"),
+        ("\n    - 192.0.2.53\n    - '192.0.2.54:dns'",
+         "cfg.yaml:8: dns.upstream[1]: '192.0.2.54:dns': port 'dns' is not a whole number from 1 to 65535"),
+        ("['192.0.2.53:0']", "dns.upstream[0]: '192.0.2.53:0': port '0' is not a whole number from 1 to 65535"),
+        ("['192.0.2.53:65536']", "dns.upstream[0]: '192.0.2.53:65536': port '65536' is not a whole number"),
+        ("['192.0.2.53:5:3']", "dns.upstream[0]: '192.0.2.53:5:3': port '5:3' is not a whole number"),
+        ("['192.0.2.53:-53']", "dns.upstream[0]: '192.0.2.53:-53': port '-53' is not a whole number"),
+        ("['192.0.2.53:\u00b2']", "dns.upstream[0]: '192.0.2.53:\u00b2': port '\u00b2' is not a whole number"),
+        ("[[192.0.2.53]]", "cfg.yaml:6: dns.upstream[0]: ['192.0.2.53'] is not a string"),
+        ("192.0.2.53", "cfg.yaml:6: dns.upstream: expected a list, got str"),
+    ],
+)
+def test_bad_upstreams_name_the_key_and_line(entries: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + "dns:\n  port: 53\n  upstream: " + entries + "\n", "cfg.yaml")
+    assert message in str(caught.value)

@@ -221,8 +221,23 @@ def test_upstream_pointing_at_ourselves_is_ignored() -> None:
     cfg = lab_config(5353, upstream=["127.0.0.1:5353", "192.0.2.53", "10.20.17.254:5353"])
     usable, dropped = upstreams_of(cfg)
     assert usable == [("192.0.2.53", 53), ("10.20.17.254", 5353)]  # not a listen address here
-    assert dropped == ["127.0.0.1:5353"]
+    assert dropped == [("127.0.0.1", 5353)]
     assert not policy_of(lab_config(5353, upstream=["127.0.0.1:5353"])).upstream
+
+
+def test_start_names_an_upstream_that_is_ourselves(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="test.dns")
+    port = free_port()
+
+    async def main() -> None:
+        cfg = lab_config(port, upstream=["192.0.2.53", f"127.0.0.1:{port}"])
+        service = DnsService(cfg, InMemoryLeaseStore(), logging.getLogger("test.dns"))
+        await service.start()
+        service.close()
+
+    asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records if "upstream" in r.getMessage()] == [
+        f"dns: upstream 127.0.0.1:{port} is this server itself (a forwarding loop); ignored"]
 
 
 def test_next_serial_is_monotonic() -> None:

@@ -6,7 +6,7 @@ import time
 
 from dnslib import QTYPE
 
-from sidus_appliance.dns.zone import build_zone, dns_label, zone_content
+from sidus_appliance.dns.zone import ZoneBuilder, build_zone, dns_label, zone_content
 
 from .test_dns_helpers import config, lease
 
@@ -152,16 +152,31 @@ def test_big_pool_lease_change_is_cheap_and_correct() -> None:
     # change then costs in proportion to the leases, and RRs are built only when asked.
     big = config(address="10.20.0.254/16", subnet="10.20.0.0/16", hosts=[],
                  dhcp={"pool": {"start": "10.20.1.1", "end": "10.20.255.250"}})
-    build_zone(big)  # builds and memoises the static part
+    builder = ZoneBuilder()
+    builder.build(big)  # builds and keeps the static part
     start = time.perf_counter()
     leases = [lease(f"10.20.{i}.7", f"dhcp-{i}", client=f"pc{i}") for i in range(1, 200)]
-    content, _ = zone_content(big, leases)
-    zone = build_zone(big, leases, serial=2)
+    content, _ = builder.content(big, leases)
+    zone = builder.build(big, leases, serial=2)
     assert time.perf_counter() - start < 1.0
     pool = len(big.dhcp.pool.addresses())  # type: ignore[union-attr]
     assert len(content) == 2 * pool + 2 + 1 + 199  # gateway A+PTR, filer CNAME, one A per client name
     assert rdata(zone, "7.5.20.10.in-addr.arpa", "PTR") == ["pc5.sidus.zone."]
     assert rdata(zone, "8.5.20.10.in-addr.arpa", "PTR") == ["dhcp-8.sidus.zone."]
     assert rdata(zone, "pc5.sidus.zone", "A") == ["10.20.5.7"]
-    assert zone_content(big, list(leases))[0] == content
-    assert zone_content(big, leases[:-1])[0] != content
+    assert builder.content(big, list(leases))[0] == content
+    assert builder.content(big, leases[:-1])[0] != content
+
+
+def test_builders_share_nothing() -> None:
+    # Two DNS services in one process each own a builder: neither evicts nor hands out the other's state.
+    one, two = ZoneBuilder(), ZoneBuilder()
+    lab, other = config(), config(domain="other.zone")
+    static = one.content(lab)[0].static
+    two.content(other)
+    assert one.content(lab)[0].static is static  # still the config's part `one` computed
+    first, again, elsewhere = one.build(lab), one.build(lab, serial=2), two.build(lab)
+    gateway = first.sets("gateway.sidus.zone")[QTYPE.A][0]
+    assert again.sets("gateway.sidus.zone")[QTYPE.A][0] is gateway  # one builder's zones share RRs
+    assert elsewhere.sets("gateway.sidus.zone")[QTYPE.A][0] is not gateway
+    assert str(elsewhere.sets("gateway.sidus.zone")[QTYPE.A][0]) == str(gateway)
