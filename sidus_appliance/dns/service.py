@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from ..config import Config
-from ..dhcp.leases import Lease, LeaseStore
+from ..dhcp.leases import Lease, LeaseState, LeaseStore
 from ..ratelimit import RateLimitedLog
 from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
 from .tcp import TcpConn, TcpPool
@@ -245,7 +245,7 @@ class DnsService:
         """Bound, unexpired leases. (Expired ones stay in the store until DHCP reclaims the
         address; their names should not outlive the lease, so `_arm_expiry` wakes us.)"""
         now = time.time()
-        return [lease for lease in self.leases.all() if lease.state == "bound" and not lease.expired(now)]
+        return [lease for lease in self.leases.all() if lease.state == LeaseState.BOUND and not lease.expired(now)]
 
     def _arm_expiry(self, leases: list[Lease]) -> None:
         if self._expiry_handle is not None:
@@ -261,7 +261,7 @@ class DnsService:
         # the journal's rollback); the fsync worker thread never touches the table.
         if self._closed or self._loop is None:
             return
-        if (old is not None and old.state == "bound") or (new is not None and new.state == "bound"):
+        if (old is not None and old.state == LeaseState.BOUND) or (new is not None and new.state == LeaseState.BOUND):
             self._schedule_rebuild()
 
     def _schedule_rebuild(self) -> None:

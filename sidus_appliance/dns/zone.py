@@ -24,6 +24,7 @@ from typing import Protocol
 from dnslib import CNAME, MX, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A
 
 from ..config import Config
+from ..dhcp.leases import LeaseState
 
 NS_LABEL = "gateway"  # the appliance's own name; also the NS and SOA MNAME of both zones
 DYNAMIC_TTL = 60  # cap for pool/lease-derived records: they change when leases do
@@ -430,7 +431,7 @@ def _content(static: Static, config: Config, leases: Iterable[LeaseLike]) -> Con
     """The config's part plus the records of the bound leases."""
     domain = config.domain
     dyn_ttl = min(config.dns.ttl, DYNAMIC_TTL)
-    bound = [lease for lease in leases if lease.state == "bound" and lease.address in config.subnet]
+    bound = [lease for lease in leases if lease.state == LeaseState.BOUND and lease.address in config.subnet]
     lease_names: list[tuple[LeaseLike, str | None]] = []
     for lease in bound:
         client = dns_label(lease.client_hostname)

@@ -44,7 +44,7 @@ def lab_config(port: int, **dns: object) -> Config:
                        "transfer_allowed": ["127.0.0.1/32"], **dns})
 
 
-async def udp(port: int, data: bytes, timeout: float = 2.0) -> bytes:
+async def udp(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
@@ -62,7 +62,7 @@ async def tcp(port: int, data: bytes, messages: int = 1) -> list[bytes]:
         writer.write(struct.pack("!H", len(data)) + data)
         out = []
         for _ in range(messages):
-            (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))
+            (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))
             out.append(await reader.readexactly(size))
         return out
     finally:
@@ -100,7 +100,7 @@ def test_axfr_over_tcp() -> None:
         writer.write(struct.pack("!H", len(q)) + q)
         records = []
         while len([r for r in records if r.rtype == QTYPE.SOA]) < 2:
-            (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))
+            (size,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))
             records += DNSRecord.parse(await reader.readexactly(size)).rr
         writer.close()
         assert len(records) == len(service.zone.transfer("sidus.zone"))
@@ -431,7 +431,7 @@ def test_one_client_cannot_take_every_forwarding_slot(monkeypatch: pytest.Monkey
             for n in range(5):
                 await loop.sock_sendto(flooder, query(f"name{n}.example.org", qid=n), ("127.0.0.1", port))
             for _ in range(2):  # over its budget: SERVFAIL at once, without waiting for the upstream
-                reply, _ = await asyncio.wait_for(loop.sock_recvfrom(flooder, 65535), 2)
+                reply, _ = await asyncio.wait_for(loop.sock_recvfrom(flooder, 65535), 10)
                 assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
             assert len(fake.seen) == 3 and service.core.stats["forwards_over_budget"] == 2
             other = asyncio.ensure_future(udp(port, query("www.example.net")))  # another client: forwarded
