@@ -43,10 +43,15 @@ class BootImage:
     @property
     def boot_parts(self) -> tuple[str, str]:
         """Its path in the instance root, as components: ("boot", "vmlinuz-6.1.0-18-amd64")."""
-        return BOOT_DIR, f"{self.kind.value}{self.version}"
+        return BOOT_DIR, boot_path(self.kind, self.version).split("/", 1)[1]
 
     def path_in(self, root: Path) -> Path:
         return root.joinpath(*self.boot_parts)
+
+
+def boot_path(kind: ImageKind, version: str) -> str:
+    """Where Debian puts it, relative to a root: `boot/vmlinuz-6.1.0-18-amd64`."""
+    return f"{BOOT_DIR}/{kind.value}{version}"
 
 
 def kernel_name(version: str, instance: str) -> str:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from ..boot.kernels import kernel_versions
+from ..boot.kernels import ImageKind, boot_path, kernel_versions
 from ..config import Config
 from ..resources import DRACUT_MODULE, data_path
 from ..safedir import open_in, private_subdir
@@ -458,7 +458,7 @@ class Builder:
 
     def step_initramfs(self) -> None:
         for version in installed_kernels(self.root):
-            self._chroot(["dracut", "--force", f"/boot/initrd.img-{version}", version])
+            self._chroot(["dracut", "--force", "/" + boot_path(ImageKind.INITRD, version), version])
 
     def _describe_verify(self) -> str:
         return "lsinitrd: overlay, NFS and our hook in every initramfs"
@@ -469,7 +469,8 @@ class Builder:
             listing = self.root / f"var/lib/sidus/lsinitrd-{version}.txt"
             listing.parent.mkdir(parents=True, exist_ok=True)
             with open(listing, "w") as out:
-                code = ch.run(self.root, ["lsinitrd", f"/boot/initrd.img-{version}"], log=out, check=False)
+                code = ch.run(self.root, ["lsinitrd", "/" + boot_path(ImageKind.INITRD, version)], log=out,
+                              check=False)
             text = listing.read_text(errors="replace")
             if code != 0:
                 problems.append(f"{version}: lsinitrd failed")

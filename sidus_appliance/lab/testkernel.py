@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidus_appliance.boot.kernels import initrd_name, kernel_name
+from sidus_appliance.boot.kernels import ImageKind, boot_path, initrd_name, kernel_name
 
 DEFAULT_CACHE = Path("/var/cache/sidus-appliance/testkernel")
 BUSYBOX = Path("/bin/busybox")
@@ -296,12 +296,12 @@ def build(
     version = version or default_version(cache_dir)
     deb = fetch_package(version, cache_dir)
     tree = unpack(deb, cache_dir / f"linux-{version}")
-    vmlinuz = tree / "boot" / f"vmlinuz-{version}"
+    vmlinuz = tree / boot_path(ImageKind.KERNEL, version)
     if not vmlinuz.exists():
-        raise RuntimeError(f"{deb.name} holds no boot/vmlinuz-{version}")
+        raise RuntimeError(f"{deb.name} holds no {boot_path(ImageKind.KERNEL, version)}")
     kos = module_closure(tree / "lib" / "modules" / version, modules)
-    initrd = cache_dir / f"initrd.img-{version}"
-    stamp = cache_dir / f"initrd.img-{version}.recipe"
+    initrd = cache_dir / Path(boot_path(ImageKind.INITRD, version)).name
+    stamp = initrd.with_name(initrd.name + ".recipe")
     digest = _recipe_digest(version, kos, busybox)
     if not initrd.exists() or not stamp.exists() or stamp.read_text().strip() != digest:
         tmp = initrd.with_suffix(".tmp")
@@ -316,7 +316,8 @@ def publish(instance_root: Path, kernel: TestKernel | None = None, cache_dir: Pa
     kernel = kernel or build(cache_dir=cache_dir)
     boot = instance_root / "boot"
     boot.mkdir(parents=True, exist_ok=True)
-    published = TestKernel(kernel.version, boot / f"vmlinuz-{kernel.version}", boot / f"initrd.img-{kernel.version}")
+    published = TestKernel(kernel.version, instance_root / boot_path(ImageKind.KERNEL, kernel.version),
+                           instance_root / boot_path(ImageKind.INITRD, kernel.version))
     for src, dst in ((kernel.vmlinuz, published.vmlinuz), (kernel.initrd, published.initrd)):
         if not dst.exists() or dst.read_bytes() != src.read_bytes():
             tmp = dst.with_name(dst.name + ".tmp")
