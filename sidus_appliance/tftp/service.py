@@ -31,7 +31,6 @@ File data is read with ``os.pread`` (see tree.py for why not mmap).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -44,7 +43,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, cast
 
@@ -556,48 +554,3 @@ def transfer_socket(bind_ip: str, client: tuple[str, int]) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-# ---------------------------------------------------------------------- standalone (bench)
-
-
-def _standalone_config(root: str, address: str, port: int, max_blksize: int, interface: str) -> Config:
-    iface = IPv4Interface(f"{address}/32" if "/" not in address else address)
-    return Config(
-        interface=interface,
-        address=iface,
-        subnet=iface.network,
-        gateway=IPv4Address(iface.ip),
-        dns_servers=(iface.ip,),
-        domain="tftp.local",
-        tftp=TftpConfig(port=port, root=Path(root), max_blksize=max_blksize),
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Serve only TFTP from a directory: `python -m sidus_appliance.tftp.service --root DIR`."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=69)
-    parser.add_argument("--interface", default="lo")
-    parser.add_argument("--max-blksize", type=int, default=0)
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(message)s")
-    config = _standalone_config(args.root, args.address, args.port, args.max_blksize, args.interface)
-
-    async def run() -> None:
-        service = TftpService(config, None, logging.getLogger("sidus.tftp"))
-        await service.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            service.close()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-
-
-if __name__ == "__main__":
-    main()
