@@ -14,10 +14,12 @@ the loop, onto one thread with its own epoll set (`_Pump`). Threads blocked in a
 release the GIL, so the loop (DHCP, DNS) stays responsive.
 
 One thread, not one per transfer: a thread per transfer in blocking recv/send (retransmission
-deadlines via SO_RCVTIMEO) was tried and removed. One client went no faster on its own thread
-than on the pump (bench/tftp.py, curl, blksize 1468: 26.8 MiB/s with two threads, 29.1 with
-none; 512: 9.4 and 9.2), while in the classroom storm the busy threads' GIL contention cost
-20-30 % (bench/storm.py: N=10 2.6-3.1 s with them, 2.1 s without; N=50 10.9-13.2 s, 9.8 s).
+deadlines via SO_RCVTIMEO) was tried and removed. In the classroom storm the busy threads' GIL
+contention cost 20-30 % (bench/storm.py: N=10 2.6-3.1 s with them, 2.1 s without; N=50
+10.9-13.2 s, 9.8 s), and 20 clients at once finished no sooner (bench/tftp.py, wall time
+0.43-0.55x of tftpd-hpa with two dedicated threads, 0.45-0.61x on the pump). A lone lock-step
+client gains little on its own thread: 26.8 MiB/s vs 29.1 on the pump in one run (curl, blksize
+1468); 0.70-0.81x of tftpd-hpa vs 0.63-0.75x in four later runs on a loaded box.
 
 Ownership: the loop creates a transfer, sends its first datagrams and hands it to the pump
 through a queue (plus a write to an eventfd in the pump's epoll set); from then on only the
