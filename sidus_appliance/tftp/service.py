@@ -10,48 +10,57 @@ Each accepted transfer then gets its own socket (an ephemeral port, RFC 1350), *
 to the client so the kernel drops strangers ("unknown TID" for free). Lock-step TFTP is
 bound by the round-trip time per block, and bench/tftp.py measured the Session pumped from
 asyncio's loop (add_reader callbacks) at about half of tftpd-hpa, so the datagrams move off
-the loop:
-- they share one thread on its own epoll set (many threads contending for the GIL cost more
-  than they save: bench, 20 clients);
-- optionally the first DEDICATED_THREADS transfers each get a thread in blocking recv/send
-  (retransmission deadlines via SO_RCVTIMEO). Off by default: one client went no faster on
-  its own thread than on the pump (bench/tftp.py, curl, blksize 1468: 26.8 MiB/s with two
-  threads, 29.1 with none; 512: 9.4 and 9.2), while in the classroom storm the two busy
-  threads' GIL contention cost 20-30 % (bench/storm.py: N=10 2.6-3.1 s with them, 2.1 s
-  without; N=50 10.9-13.2 s, 9.8 s).
-Threads blocked in a syscall release the GIL, so the loop (DHCP, DNS) stays responsive.
+the loop, onto one thread with its own epoll set (`_Pump`). Threads blocked in a syscall
+release the GIL, so the loop (DHCP, DNS) stays responsive.
+
+One thread, not one per transfer: a thread per transfer in blocking recv/send (retransmission
+deadlines via SO_RCVTIMEO) was tried and removed. In the classroom storm the busy threads' GIL
+contention cost 20-30 % (bench/storm.py: N=10 2.6-3.1 s with them, 2.1 s without; N=50
+10.9-13.2 s, 9.8 s), and 20 clients at once finished no sooner (bench/tftp.py, wall time
+0.43-0.55x of tftpd-hpa with two dedicated threads, 0.45-0.61x on the pump). A lone lock-step
+client gains little on its own thread: 26.8 MiB/s vs 29.1 on the pump in one run (curl, blksize
+1468); 0.70-0.81x of tftpd-hpa vs 0.63-0.75x in four later runs on a loaded box.
+
+Ownership: the loop creates a transfer, sends its first datagrams and hands it to the pump
+through a queue (plus a write to an eventfd in the pump's epoll set); from then on only the
+pump thread touches its socket, session and file. The loop's later word about it (cancel:
+replaced, reclaimed, never acknowledged; stop) goes through the same queue. The pump ends each
+transfer once and hands it back through another queue, drained on the loop (`_collect`), where
+`_finish` logs it; `close()` stops the pump, joins it and drains that queue itself, so a
+transfer is finished exactly once whether or not the loop runs again.
 File data is read with ``os.pread`` (see tree.py for why not mmap).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
 import logging
 import os
+import queue
 import select
 import socket
 import struct
 import threading
 import time
-from ipaddress import IPv4Address, IPv4Interface
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sidus_appliance.config import Config, TftpConfig
 from sidus_appliance.ratelimit import RateLimitedLog
 from sidus_appliance.tftp import protocol
-from sidus_appliance.tftp.requests import RECHECK_DELAY, Action, Decision, Policy, RequestCore
+from sidus_appliance.tftp.requests import RECHECK_DELAY, Action, Decision, Handle, Policy, RequestCore
 from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
-DEDICATED_THREADS = 0  # see the module docstring; SIDUS_TFTP_THREADS overrides (bench experiments)
 RECV_SIZE = 1024  # clients send ACKs (4 bytes) and ERRORs; a 64 KiB buffer per recv costs more
 TICK = 0.05  # seconds between retransmission checks of the pump thread
+STOP_TIMEOUT = 5.0  # seconds close() waits for the pump thread (it answers a stop within one poll)
 LOG_INTERVAL = 60.0  # seconds: at most one line per (reason, client address) for what a client can repeat
+SHUTTING_DOWN = "server shutting down"
 
 
 READ_AHEAD = 64 * 1024  # bytes per pread of a file being sent (see read_ahead)
@@ -94,12 +103,6 @@ def limits_for(config: Config) -> protocol.Limits:
     )
 
 
-def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
-    seconds = max(seconds, 0.005)
-    whole = int(seconds)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
-
-
 # UDP GSO (Linux >= 4.18): one sendmsg() hands the kernel a whole window of equal-sized DATA
 # packets and it cuts them into datagrams: one syscall per window instead of one per block.
 SOL_UDP = 17
@@ -138,162 +141,168 @@ def send_packets(transfer: _Transfer, packets: list[bytes]) -> None:
 
 
 class _Transfer:
-    __slots__ = ("cancelled", "client", "gso", "reason", "request", "resolved", "session", "sock", "started",
-                 "threaded")
+    """One transfer. The loop owns it until `_Pump.add`, the pump until it ends it, the loop again
+    from the `_finish` call on (logging only).
+
+    `acknowledged` and `done` (requests.Handle) are the two fields the loop reads while the pump
+    owns the transfer: plain bools that only the pump writes and that only go from False to
+    True, so the loop's read is never torn (GIL) and a stale one is the same as reading a moment
+    earlier, which the request core allows for (an ended transfer's `finished` is still to come
+    anyway)."""
+
+    __slots__ = ("acknowledged", "client", "done", "fd", "gso", "request", "resolved", "session", "sock", "started")
 
     def __init__(self, sock: socket.socket, client: tuple[str, int], request: bytes,
                  resolved: Resolved, session: protocol.Session, started: float) -> None:
         self.sock = sock
+        self.fd = sock.fileno()  # the pump's key: still known once the socket is closed
         self.client = client
         self.request = request
         self.resolved = resolved
         self.session = session
         self.started = started
-        self.cancelled = False
-        self.reason = "cancelled"
-        self.threaded = False
         self.gso = True
+        self.acknowledged = False  # written by the pump only: the client acknowledged something
+        self.done = False  # written by the pump only: ended, its `_finish` is on its way to the loop
 
-    @property
-    def acknowledged(self) -> bool:  # requests.Handle
-        return self.session.acknowledged
 
-    @property
-    def done(self) -> bool:  # requests.Handle
-        return self.session.done
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        self.reason = reason
-        self.cancelled = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv
-
-    def pump(self, done: Any) -> None:
-        """Thread body: blocking lock-step (or windowed) sending until the session ends."""
-        sock, session = self.sock, self.session
-        send, recv, now = sock.send, sock.recv, time.monotonic
-        outcome = ""
-        try:
-            waiting = session.interval  # the socket's receive timeout, kept equal to the deadline
-            _set_receive_timeout(sock, waiting)
-            send_packets(self, session.start(now()))
-            while not session.done:
-                try:
-                    data = recv(RECV_SIZE)
-                except BlockingIOError:  # SO_RCVTIMEO expired
-                    send_packets(self, session.poll(now()))
-                    waiting = session.deadline - now()
-                    _set_receive_timeout(sock, waiting)
-                    continue
-                if not data:
-                    if self.cancelled:
-                        outcome = self.reason
-                        break
-                    continue
-                out = session.receive(data, now())
-                if len(out) == 1:
-                    send(out[0])  # lock-step: the hot path, straight to the socket
-                elif out:
-                    send_packets(self, out)
-                if out:
-                    if waiting != session.interval:  # progress after a timeout: back to normal
-                        waiting = session.interval
-                        _set_receive_timeout(sock, waiting)
-                elif not session.done:
-                    # A duplicate ACK (a client whose DATA was lost repeats its last ACK): the
-                    # next recv must still end at the deadline, not a whole timeout from now, or
-                    # a client repeating faster than our timeout never gets the block again.
-                    waiting = -1.0  # not the interval: the next progress restores it
-                    _set_receive_timeout(sock, session.deadline - now())
-        except ConnectionRefusedError:  # ICMP port unreachable: the client went away
-            outcome = "client unreachable"
-        except OSError as exc:  # the socket, or reading the file (EIO...): this transfer ends, nothing else
-            outcome = self.reason if self.cancelled else f"error: {exc}"
-        finally:
-            sock.close()
-            self.resolved.close()
-            done(self, outcome or session.outcome)
+# Messages from the loop to the pump: (kind, transfer, reason).
+_ADD, _CANCEL, _STOP = "add", "cancel", "stop"
+Ended = tuple[_Transfer, str]  # (transfer, outcome), from the pump to the loop
 
 
 class _Pump(threading.Thread):
-    """One thread moving the datagrams of every transfer, over its own epoll set."""
+    """One thread moving the datagrams of every transfer, over its own epoll set.
 
-    def __init__(self, done: Any) -> None:
+    The loop calls `add`, `cancel` and `stop` only; everything else here runs on this thread,
+    which alone touches `table`, the epoll set and the transfers in it. Each transfer leaves
+    `table` in `_end` only, once, onto `ended`; `notify` (once per wake-up that ended any) asks
+    the loop to drain `ended`."""
+
+    def __init__(self, ended: queue.SimpleQueue[Ended], notify: Callable[[], None]) -> None:
         super().__init__(name="tftp pump", daemon=True)
-        self.done = done
+        self.ended = ended
+        self.notify = notify
+        self.inbox: queue.SimpleQueue[tuple[str, _Transfer | None, str]] = queue.SimpleQueue()
+        self.wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epoll = select.epoll()
-        self.table: dict[int, _Transfer] = {}
-        self.running = True
+        self.epoll.register(self.wakeup, select.EPOLLIN)
+        self.table: dict[int, _Transfer] = {}  # by socket descriptor; this thread only
+        self.running = True  # this thread only
+        self.ended_some = False  # this thread only: notify the loop at the end of this wake-up
+
+    # ------------------------------------------------------------------ the loop's side
 
     def add(self, transfer: _Transfer) -> None:
-        """From the loop thread, after the session's first datagrams went out."""
-        fd = transfer.sock.fileno()
-        self.table[fd] = transfer
-        self.epoll.register(fd, select.EPOLLIN)
+        """Hand a transfer over, after its first datagrams went out: the loop lets go of it."""
+        self._post(_ADD, transfer)
 
-    def stop(self) -> None:
-        self.running = False
+    def cancel(self, transfer: _Transfer, reason: str) -> None:
+        """End a transfer the pump owns (nothing if it ended already: it was finished once)."""
+        self._post(_CANCEL, transfer, reason)
 
-    def _end(self, fd: int, transfer: _Transfer, outcome: str) -> None:
-        if self.table.pop(fd, None) is None:
-            return
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """End every transfer (onto `ended`) and the thread; False if it did not stop in time."""
+        self._post(_STOP, None)
+        self.join(timeout)
+        if self.is_alive():
+            return False
+        os.close(self.wakeup)
+        return True
+
+    def _post(self, kind: str, transfer: _Transfer | None, reason: str = "") -> None:
+        self.inbox.put((kind, transfer, reason))
+        os.eventfd_write(self.wakeup, 1)
+
+    # ------------------------------------------------------------------ this thread
+
+    def _read_inbox(self) -> None:
+        # Reset the eventfd before draining: a message posted after the drain comes with a new
+        # write, so none is left waiting for a wake-up that already happened.
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.wakeup)
+        while True:
+            try:
+                kind, transfer, reason = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if transfer is None:  # _STOP
+                self.running = False
+            elif kind == _ADD:
+                self.table[transfer.fd] = transfer
+                try:
+                    self.epoll.register(transfer.fd, select.EPOLLIN)
+                except OSError as exc:
+                    self._end(transfer, f"error: {exc}")
+            elif self.table.get(transfer.fd) is transfer:  # _CANCEL of a transfer still running
+                self._end(transfer, reason)
+
+    def _end(self, transfer: _Transfer, outcome: str) -> None:
+        del self.table[transfer.fd]
         with contextlib.suppress(OSError, ValueError):
-            self.epoll.unregister(fd)
+            self.epoll.unregister(transfer.fd)
         transfer.sock.close()
         transfer.resolved.close()
-        self.done(transfer, outcome)
+        transfer.done = True
+        self.ended.put((transfer, outcome))
+        self.ended_some = True
 
     def run(self) -> None:
-        table, poll, now = self.table, self.epoll.poll, time.monotonic
+        try:
+            self._serve()
+        finally:  # stopped (or failed: the traceback goes to threading.excepthook)
+            self._read_inbox()  # transfers added after the stop are this thread's to end too
+            for transfer in list(self.table.values()):
+                self._end(transfer, SHUTTING_DOWN)
+            self.epoll.close()
+            self.notify()  # close() drains `ended` itself; this is for a pump that failed
+
+    def _serve(self) -> None:
+        table, poll, now, wakeup = self.table, self.epoll.poll, time.monotonic, self.wakeup
         next_check = 0.0
         while self.running:
-            events = poll(TICK if table else 1.0)
+            events = poll(TICK if table else -1)  # idle: only a message can give work
             t = now()
             for fd, _ in events:
                 transfer = table.get(fd)
                 if transfer is None:
-                    continue
-                if transfer.cancelled:
-                    # shutdown() by cancel() makes the socket readable for good (EPOLLIN|EPOLLHUP)
-                    # but a MSG_DONTWAIT recv of a shut-down UDP socket fails with EAGAIN, it does
-                    # not return b"": end it here, or this loop spins on it and the transfer,
-                    # its sends failing with EPIPE, lingers until its retries run out.
-                    self._end(fd, transfer, transfer.reason)
-                    continue
+                    if fd == wakeup:
+                        self._read_inbox()
+                    continue  # else an event of a transfer ended earlier in this batch
                 try:
                     data = transfer.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     continue
                 except OSError:  # ICMP port unreachable: the client went away
-                    self._end(fd, transfer, "client unreachable")
+                    self._end(transfer, "client unreachable")
                     continue
                 session = transfer.session
                 try:
-                    self._send(fd, transfer, session.receive(data, t))
+                    self._send(transfer, session.receive(data, t))
                 except OSError as exc:  # reading the file (EIO, a vanished NFS...): this transfer only
-                    self._end(fd, transfer, f"read error: {exc}")
+                    self._end(transfer, f"read error: {exc}")
                     continue
+                if not transfer.acknowledged and session.acknowledged:
+                    transfer.acknowledged = True
                 if session.done:
-                    self._end(fd, transfer, session.outcome)
+                    self._end(transfer, session.outcome)
             if t >= next_check:
                 next_check = t + TICK
-                for fd, transfer in list(table.items()):
+                for transfer in list(table.values()):
                     session = transfer.session
-                    if transfer.cancelled:
-                        self._end(fd, transfer, transfer.reason)
-                    elif t >= session.deadline:
+                    if t >= session.deadline:
                         try:
-                            self._send(fd, transfer, session.poll(t))
+                            self._send(transfer, session.poll(t))
                         except OSError as exc:
-                            self._end(fd, transfer, f"read error: {exc}")
+                            self._end(transfer, f"read error: {exc}")
                             continue
                         if session.done:
-                            self._end(fd, transfer, session.outcome)
-        for fd, transfer in list(self.table.items()):
-            self._end(fd, transfer, "server shutting down")
-        self.epoll.close()
+                            self._end(transfer, session.outcome)
+            if self.ended_some:
+                self.ended_some = False
+                self.notify()
 
-    def _send(self, fd: int, transfer: _Transfer, packets: list[bytes]) -> None:
+    def _send(self, transfer: _Transfer, packets: list[bytes]) -> None:
         try:
             # Blocking socket: a full send buffer waits, it does not drop.
             if len(packets) == 1:
@@ -325,8 +334,7 @@ class TftpService:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.completed = 0
         self.pump: _Pump | None = None
-        self.threaded = 0  # transfers running on a dedicated thread now
-        self.max_threaded = int(os.environ.get("SIDUS_TFTP_THREADS", DEDICATED_THREADS))
+        self.ended: queue.SimpleQueue[Ended] = queue.SimpleQueue()  # from the pump; drained on the loop
         self.bind_ip, self.port = str(config.server_ip), config.tftp.port
         self.requests = RequestCore(Policy())
         self._reaper: asyncio.TimerHandle | None = None
@@ -364,7 +372,7 @@ class TftpService:
         self.error_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.error_sock.setblocking(False)
         self.error_sock.bind((self.bind_ip, 0))
-        self.pump = _Pump(self._pump_done)
+        self.pump = _Pump(self.ended, self._pump_notify)
         self.pump.start()
         self.log.info(
             "tftp: serving %s on %s:%d (blksize <= %d, windowsize <= %d)", self.tree.root, self.bind_ip,
@@ -378,12 +386,12 @@ class TftpService:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        for transfer in self.requests.clear():
-            transfer.cancel("server shutting down")
-            self._finish(transfer, "server shutting down")
-        if self.pump is not None:
-            self.pump.stop()
-            self.pump = None
+        self.requests.clear()  # the pump owns every transfer in it and ends them all on stop
+        pump, self.pump = self.pump, None
+        if pump is not None:
+            if not pump.stop():
+                self.log.error("tftp: the transfer thread did not stop within %.0f s", STOP_TIMEOUT)
+            self._collect()  # every end, the last ones included, finished here: the loop may not run again
         if self.error_sock is not None:
             self.error_sock.close()
             self.error_sock = None
@@ -396,10 +404,12 @@ class TftpService:
                 self.error_sock.sendto(protocol.error_packet(code, message), addr)
 
     def on_request(self, data: bytes, addr: tuple[str, int], recheck: bool = False) -> None:
+        if self.pump is None:  # closed (a RECHECK due after close), or not started
+            return
         now = time.monotonic()
         decision = self.requests.receive(data, addr, now, recheck)
         for old in decision.cancel:  # the client moved on from that port
-            old.cancel()
+            self._cancel(old, "cancelled")
         action = decision.action
         if action is Action.START:
             self._start(data, addr, decision, now)
@@ -432,7 +442,7 @@ class TftpService:
         for reclaimed in self.requests.started(addr, transfer, data, now, decision):
             self.rlog.info(("reclaimed", reclaimed.client[0]), "tftp: %s:%d: %s: slot reclaimed for %s:%d (every "
                            "slot taken, no ACK yet)", *reclaimed.client, reclaimed.resolved.name, *addr)
-            reclaimed.cancel("reclaimed: never acknowledged while every slot was taken")
+            self._cancel(reclaimed, "reclaimed: never acknowledged while every slot was taken")
         self._arm_reaper()
         self._launch(transfer)
 
@@ -466,18 +476,17 @@ class TftpService:
         return _Transfer(sock, addr, raw, resolved, session, now)
 
     def _launch(self, transfer: _Transfer) -> None:
-        if self.pump is not None and self.threaded >= self.max_threaded:
-            # A send error, or reading block 1 failed: the pump's timer retries or ends the transfer.
-            with contextlib.suppress(OSError):
-                send_packets(transfer, transfer.session.start(transfer.started))
-            self.pump.add(transfer)
-            return
-        self.threaded += 1
-        transfer.threaded = True
-        addr = transfer.client
-        thread = threading.Thread(target=transfer.pump, args=(self._pump_done,), daemon=True,
-                                  name=f"tftp {addr[0]}:{addr[1]}")
-        thread.start()
+        assert self.pump is not None  # on_request does nothing once closed
+        # A send error, or reading block 1 failed: the pump's timer retries or ends the transfer.
+        with contextlib.suppress(OSError):
+            send_packets(transfer, transfer.session.start(transfer.started))
+        self.pump.add(transfer)  # the pump's from now on: the loop no longer touches it
+
+    def _cancel(self, transfer: Handle, reason: str) -> None:
+        """End a transfer handed over to the pump (the core's handles are our _Transfers): the
+        pump ends it, unless it ended already, and reports it once either way."""
+        if self.pump is not None:  # else close() ended it already
+            self.pump.cancel(cast(_Transfer, transfer), reason)
 
     # ------------------------------------------------------------------ idle transfers
 
@@ -498,22 +507,29 @@ class TftpService:
         for addr, transfer in self.requests.expired(time.monotonic()):
             self.rlog.info(("reclaimed", addr[0]), "tftp: %s:%d: %s: no ACK within %.1f s, slot reclaimed", *addr,
                            transfer.resolved.name, self.requests.policy.first_ack_deadline)
-            transfer.cancel("never acknowledged")
+            self._cancel(transfer, "never acknowledged")
         self._arm_reaper()
 
     # ------------------------------------------------------------------ ends
 
-    def _pump_done(self, transfer: _Transfer, outcome: str) -> None:
-        """Called from the pump thread: hand the end of the transfer to the loop."""
+    def _pump_notify(self) -> None:
+        """From the pump thread: transfers ended, have the loop collect them."""
         loop = self.loop
         if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._finish, transfer, outcome)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: close() collected them
+                loop.call_soon_threadsafe(self._collect)
+
+    def _collect(self) -> None:
+        """On the loop: finish what the pump ended. Each end is taken off the queue once, here or
+        by close(), so each transfer is finished once."""
+        while True:
+            try:
+                transfer, outcome = self.ended.get_nowait()
+            except queue.Empty:
+                return
+            self._finish(transfer, outcome)
 
     def _finish(self, transfer: _Transfer, outcome: str) -> None:
-        if transfer.threaded:
-            transfer.threaded = False
-            self.threaded -= 1
         self.requests.finished(transfer.client, transfer)
         elapsed = time.monotonic() - transfer.started
         host, port = transfer.client
@@ -540,48 +556,3 @@ def transfer_socket(bind_ip: str, client: tuple[str, int]) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-# ---------------------------------------------------------------------- standalone (bench)
-
-
-def _standalone_config(root: str, address: str, port: int, max_blksize: int, interface: str) -> Config:
-    iface = IPv4Interface(f"{address}/32" if "/" not in address else address)
-    return Config(
-        interface=interface,
-        address=iface,
-        subnet=iface.network,
-        gateway=IPv4Address(iface.ip),
-        dns_servers=(iface.ip,),
-        domain="tftp.local",
-        tftp=TftpConfig(port=port, root=Path(root), max_blksize=max_blksize),
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Serve only TFTP from a directory: `python -m sidus_appliance.tftp.service --root DIR`."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=69)
-    parser.add_argument("--interface", default="lo")
-    parser.add_argument("--max-blksize", type=int, default=0)
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(message)s")
-    config = _standalone_config(args.root, args.address, args.port, args.max_blksize, args.interface)
-
-    async def run() -> None:
-        service = TftpService(config, None, logging.getLogger("sidus.tftp"))
-        await service.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            service.close()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-
-
-if __name__ == "__main__":
-    main()

@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(params=[2, 0], ids=["threads", "epoll"])
-def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, TftpService]]:
+def started_service(tmp_path: Path) -> tuple[int, Path, TftpService, asyncio.AbstractEventLoop]:
+    """A service started on a new loop that is not running yet."""
     root = tmp_path / "tftp"
     root.mkdir()
     port = free_port()
@@ -42,8 +43,13 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int
     }))
     loop = asyncio.new_event_loop()
     service = TftpService(config, None, logging.getLogger("test.tftp"))
-    service.max_threaded = request.param  # 0: every transfer on the shared epoll pump
     loop.run_until_complete(service.start())
+    return port, root, service, loop
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[int, Path, TftpService]]:
+    port, root, service, loop = started_service(tmp_path)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield port, root, service
@@ -445,9 +451,9 @@ def test_late_repeated_rrq_leaves_the_running_transfer_alone(server, late):
 def test_new_request_from_the_same_port_ends_the_old_transfer(server, caplog):
     """The client moved on to another file from the same port: the old transfer is cancelled.
 
-    On the epoll pump a cancelled (shut-down) socket stays readable while a MSG_DONTWAIT recv of
-    it fails with EAGAIN: the pump must end the transfer, not spin on it until its retries run
-    out (seen in the N=200 storm as a transfer "timed out" 65 s after it had been replaced)."""
+    The cancel reaches the pump as a message: the pump must end the transfer then, not let it
+    run until its retries run out (seen in the N=200 storm, when cancelling shut the socket down,
+    as a transfer "timed out" 65 s after it had been replaced)."""
     port, root, service = server
     (root / "f").write_bytes(b"f" * 5000)
     (root / "g").write_bytes(b"g" * 100)
@@ -474,8 +480,8 @@ def test_new_request_from_the_same_port_ends_the_old_transfer(server, caplog):
 
 def test_lost_data_resent_while_the_client_repeats_its_ack(server):
     """Block 2 "lost": the client repeats ACK 1 faster than our timeout (0.2 s here). Each
-    duplicate must not restart the wait for the retransmission (the dedicated threads used to
-    recv for a whole timeout again after each one: block 2 never came back)."""
+    duplicate must not restart the wait for the retransmission (the dedicated threads, since
+    removed, used to recv for a whole timeout again after each one: block 2 never came back)."""
     port, root, _ = server
     (root / "f").write_bytes(b"a" * 512 + b"b" * 512 + b"c" * 10)
     s = client()
@@ -518,3 +524,160 @@ def test_read_ahead_serves_any_block_order():
     for _ in range(500):  # retransmitted windows, big blocks, reads past the end
         offset, length = rng.randrange(0, len(content) + 5000), rng.choice((512, 1408, 8192, 65464))
         assert read(offset, length) == content[offset:offset + length]
+
+
+# ---------------------------------------------------------------------- the pump: ownership and ends
+
+
+def record_finishes(service: TftpService, monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, str]]:
+    """Every (transfer, outcome) the service finishes, in order."""
+    finished: list[tuple[object, str]] = []
+    real = service._finish
+
+    def finish(transfer, outcome: str) -> None:
+        finished.append((transfer, outcome))
+        real(transfer, outcome)
+
+    monkeypatch.setattr(service, "_finish", finish)
+    return finished
+
+
+def on_loop(service: TftpService, call, *args: object) -> None:
+    """Run `call(*args)` on the service's (running) loop and wait for it."""
+    assert service.loop is not None
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call(*args)
+        finally:
+            done.set()
+
+    service.loop.call_soon_threadsafe(run)
+    assert done.wait(5)
+
+
+def test_a_transfer_cancelled_from_the_loop_is_finished_and_logged_once(server, monkeypatch, caplog):
+    port, root, service = server
+    finished = record_finishes(service, monkeypatch)
+    (root / "f").write_bytes(b"f" * 5000)
+    (root / "g").write_bytes(b"g" * 100)
+    s = client()
+    with caplog.at_level(logging.INFO, logger="test.tftp"):
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+        _, first = s.recvfrom(1000)
+        s.sendto(rrq("g"), ("127.0.0.1", port))  # replaces f: the loop cancels it through the pump
+        while True:
+            data, addr = s.recvfrom(1000)
+            if addr != first:  # block 1 of f may come again before the cancel lands
+                break
+        assert data == b"\x00\x03\x00\x01" + b"g" * 100
+        s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+        assert wait_until(lambda: len(finished) == 2)
+        threading.Event().wait(0.5)  # past f's retransmissions: a second end of it would be in by now
+    assert sorted(outcome for _, outcome in finished) == ["cancelled", "complete"]
+    assert finished[0][0] is not finished[1][0]
+    assert caplog.text.count("f stopped after") == 1 and caplog.text.count("sent g") == 1
+    assert not service.transfers
+
+
+def test_a_late_cancel_leaves_the_ended_transfer_and_the_next_one_alone(server, monkeypatch):
+    """The pump ended a transfer on its own while the loop's cancel was on its way: the cancel
+    changes nothing, not even for a new transfer whose socket got the same descriptor."""
+    port, root, service = server
+    finished = record_finishes(service, monkeypatch)
+    (root / "f").write_bytes(b"f" * 2000)
+    assert fetch(port, "f") == b"f" * 2000
+    assert wait_until(lambda: len(finished) == 1)
+    ended, outcome = finished[0]
+    assert outcome == "complete"
+    s = client()
+    s.sendto(rrq("f"), ("127.0.0.1", port))
+    data, addr = s.recvfrom(1000)
+    assert data[:4] == b"\x00\x03\x00\x01"
+    running = next(iter(service.transfers.values())).handle
+    assert running.fd == ended.fd  # the descriptor was reused: the case at stake
+    on_loop(service, service._cancel, ended, "late")
+    s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+    data, _ = s.recvfrom(1000)
+    assert data[:4] == b"\x00\x03\x00\x02"  # the new transfer goes on
+    assert len(finished) == 1 and not running.done
+
+
+def test_close_with_transfers_in_flight_joins_the_pump_and_finishes_each_once(server, monkeypatch, caplog):
+    port, root, service = server
+    finished = record_finishes(service, monkeypatch)
+    (root / "f").write_bytes(b"f" * 5000)
+    clients = [client() for _ in range(5)]
+    for s in clients:  # each gets block 1 and never answers: running when close() comes
+        s.sendto(rrq("f"), ("127.0.0.1", port))
+        assert s.recvfrom(1000)[0][:4] == b"\x00\x03\x00\x01"
+    pump = service.pump
+    assert pump is not None and pump.is_alive()
+    with caplog.at_level(logging.INFO, logger="test.tftp"):
+        on_loop(service, service.close)
+    assert not pump.is_alive()
+    assert len(finished) == 5 and len({id(t) for t, _ in finished}) == 5
+    assert {outcome for _, outcome in finished} == {"server shutting down"}
+    assert all(t.done for t, _ in finished)
+    threading.Event().wait(0.5)  # the pump's last notification has run on the loop by now
+    assert len(finished) == 5 and not service.transfers
+    assert "did not stop" not in caplog.text
+
+
+def test_close_finishes_ends_the_loop_never_collected(tmp_path, monkeypatch):
+    """Transfers the pump ended while the loop was not running (their `_collect` pending) and
+    transfers still running: close() finishes every one once, and the pending `_collect` calls,
+    run afterwards, finish none again."""
+    port, root, service, loop = started_service(tmp_path)
+    finished = record_finishes(service, monkeypatch)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        (root / "f").write_bytes(b"f" * 1000)  # blocks 1 and 2 (488 bytes)
+        clients = [client() for _ in range(4)]
+        ports = []
+        for s in clients:
+            s.sendto(rrq("f"), ("127.0.0.1", port))
+            data, addr = s.recvfrom(1000)
+            assert data[:4] == b"\x00\x03\x00\x01"
+            ports.append(addr)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert not thread.is_alive()
+    pump = service.pump
+    assert pump is not None
+    for s, addr in zip(clients[:2], ports[:2], strict=True):  # these two complete on the pump alone
+        s.sendto(struct.pack("!HH", p.ACK, 1), addr)
+        assert s.recvfrom(1000)[0][:4] == b"\x00\x03\x00\x02"
+        s.sendto(struct.pack("!HH", p.ACK, 2), addr)
+    assert wait_until(lambda: len(pump.table) == 2)
+    assert not finished  # the loop is stopped: the two ends wait in the queue
+    service.close()  # on this thread, the loop's owner while it is stopped
+    assert not pump.is_alive()
+    assert sorted(outcome for _, outcome in finished) == ["complete"] * 2 + ["server shutting down"] * 2
+    assert len({id(t) for t, _ in finished}) == 4 and service.completed == 2
+    loop.run_until_complete(asyncio.sleep(0.05))  # the pump's pending notifications run now
+    assert len(finished) == 4 and not service.transfers
+    loop.close()
+
+
+def test_many_parallel_transfers_all_complete(server, monkeypatch):
+    port, root, service = server
+    finished = record_finishes(service, monkeypatch)
+    files = {f"f{i}": os.urandom(30_000 + 997 * i) for i in range(40)}
+    for name, content in files.items():
+        (root / name).write_bytes(content)
+
+    def get(name: str) -> bytes:
+        if int(name[1:]) % 2:
+            return fetch_windowed(port, name, 1400, 8)
+        return fetch(port, name, blksize=1024)
+
+    with ThreadPoolExecutor(len(files)) as pool:  # every client at once
+        got = dict(zip(files, pool.map(get, files), strict=True))
+    assert got == files
+    assert wait_until(lambda: len(finished) == len(files) and not service.transfers)
+    assert {outcome for _, outcome in finished} == {"complete"}
+    assert len({id(t) for t, _ in finished}) == len(files) and service.completed == len(files)
