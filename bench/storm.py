@@ -139,7 +139,9 @@ def start_server(
     log_path = run_dir / f"{which}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child holds it; closed by the OS at exit
     if which == "ours":
-        shutil.rmtree(config_path.parent / "state", ignore_errors=True)  # every client is new, as for dnsmasq
+        state = config_path.parent / "state"
+        shutil.rmtree(state, ignore_errors=True)  # every client is new, as for dnsmasq
+        state.mkdir()  # serve refuses a missing state_dir (it never creates one where it was told to look)
         argv = [sys.executable, "-m", "sidus_appliance.cli", "--log-level", "INFO", "serve",
                 "--config", str(config_path)]  # fmt: skip
         proc = srv.popen(argv, log)
