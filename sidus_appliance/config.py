@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from sidus_appliance.boot.loaders import DEFAULT_BOOT_FILE, DEFAULT_BOOT_FILES
-from sidus_appliance.boot.model import BootMode, Profile
+from sidus_appliance.boot.model import BootMode, Profile, Transfer
 
 INFINITE_LEASE = 0xFFFFFFFF
 
@@ -49,6 +49,8 @@ class Host:
     mac: str
     address: IPv4Address
     profile: Profile = Profile.DEFAULT
+    # Loaders for this machine by arch, over dhcp.boot_files (e.g. {7: efi64/shimx64.efi}).
+    boot_files: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,18 @@ class TftpConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """Boot files over HTTP (UEFI HTTP boot, iPXE, GRUB): the same tree and rules as TFTP."""
+
+    enabled: bool = True
+    port: int = 80
+    transfer: Transfer = Transfer.TFTP  # how iPXE and GRUB fetch kernels and initrds
+    max_requests_per_client: int = 8  # requests one address may have in flight at once
+    max_connections: int = 512  # HTTP connections at once, all clients together
+    idle_timeout: float = 15.0  # seconds a kept-alive connection may stay silent
+
+
+@dataclass(frozen=True)
 class Instance:
     """A shared Debian root, exported over NFS and booted by every machine."""
 
@@ -161,6 +175,7 @@ class Config:
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     tftp: TftpConfig = field(default_factory=TftpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     nfs: NfsConfig = field(default_factory=NfsConfig)
     hosts: tuple[Host, ...] = ()
     instances: tuple[Instance, ...] = ()
@@ -336,6 +351,7 @@ _TOP_KEYS = {
     "dhcp",
     "dns",
     "tftp",
+    "http",
     "nfs",
     "hosts",
     "instances",
@@ -387,6 +403,7 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
         dhcp=dhcp,
         dns=_build_dns(r, top.get("dns"), subnet),
         tftp=_build_tftp(r, top.get("tftp")),
+        http=_build_http(r, top.get("http")),
         nfs=nfs,
         hosts=hosts,
         instances=_build_instances(r, top.get("instances"), nfs),
@@ -428,11 +445,7 @@ def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
         pool = Pool(start, end, hostname)
     lease = d.get("lease_time", "infinite")
     lease_time = INFINITE_LEASE if lease == "infinite" else r.integer(lease, p + ("lease_time",), 60, INFINITE_LEASE)
-    boot_files = dict(DEFAULT_BOOT_FILES)
-    bp = p + ("boot_files",)
-    for arch, name in r.mapping(d.get("boot_files"), bp, set(d.get("boot_files") or {})).items():
-        arch_num = r.integer(arch, bp + (arch,), 0, 0xFFFF)
-        boot_files[arch_num] = r.text(name, bp + (arch,))
+    boot_files = {**DEFAULT_BOOT_FILES, **_boot_files(r, d.get("boot_files"), p + ("boot_files",))}
     return DhcpConfig(
         enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
         port=r.integer(d.get("port", 67), p + ("port",), 1, 65535),
@@ -449,6 +462,17 @@ def _build_dhcp(r: _Reader, value: Any, subnet: IPv4Network) -> DhcpConfig:
     )
 
 
+def _boot_files(r: _Reader, value: Any, path: tuple[Any, ...]) -> dict[int, str]:
+    """{arch (option 93 value): loader path in the boot tree}."""
+    out: dict[int, str] = {}
+    for arch, name in r.mapping(value, path, set(value or {}) if isinstance(value, dict) else set()).items():
+        loader = r.text(name, path + (arch,))
+        if not loader or loader.startswith("/") or ".." in loader.split("/") or "@" in loader:
+            raise r.fail(path + (arch,), f"{loader!r} is not a file of the boot tree (a relative path, no '..')")
+        out[r.integer(arch, path + (arch,), 0, 0xFFFF)] = loader
+    return out
+
+
 def _build_hosts(
     r: _Reader, value: Any, subnet: IPv4Network, pool: Pool | None, server: IPv4Address
 ) -> tuple[Host, ...]:
@@ -459,7 +483,7 @@ def _build_hosts(
     seen_name: set[str] = set()
     for i, item in enumerate(r.sequence(value, p)):
         hp = p + (i,)
-        h = r.mapping(item, hp, {"name", "mac", "address", "profile"})
+        h = r.mapping(item, hp, {"name", "mac", "address", "profile", "boot_files"})
         name = r.text(r.required(h, "name", hp), hp + ("name",)).lower()
         if not _LABEL_RE.match(name):
             raise r.fail(hp + ("name",), f"{name!r} is not a valid host name (letters, digits, '-')")
@@ -488,7 +512,7 @@ def _build_hosts(
             raise r.fail(hp + ("profile",), f"{profile_text!r} is not a menu profile ({choices})") from None
         seen_mac[mac], seen_ip[address] = name, name
         seen_name.add(name)
-        hosts.append(Host(name, mac, address, profile))
+        hosts.append(Host(name, mac, address, profile, _boot_files(r, h.get("boot_files"), hp + ("boot_files",))))
     return tuple(hosts)
 
 
@@ -586,6 +610,24 @@ def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
         ),
         timeout=r.number(d.get("timeout", 1.0), p + ("timeout",), 0.05, 255),
         retries=r.integer(d.get("retries", 5), p + ("retries",), 0, 100),
+    )
+
+
+def _build_http(r: _Reader, value: Any) -> HttpConfig:
+    p = ("http",)
+    d = r.mapping(value, p, {"enabled", "port", "transfer", "max_requests_per_client", "max_connections",
+                             "idle_timeout"})
+    transfer = r.text(d.get("transfer", Transfer.TFTP.value), p + ("transfer",))
+    if transfer not in {t.value for t in Transfer}:
+        raise r.fail(p + ("transfer",), f"{transfer!r} is not a transfer (tftp or http)")
+    return HttpConfig(
+        enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
+        port=r.integer(d.get("port", 80), p + ("port",), 1, 65535),
+        transfer=Transfer(transfer),
+        max_requests_per_client=r.integer(d.get("max_requests_per_client", 8), p + ("max_requests_per_client",),
+                                          1, 10000),
+        max_connections=r.integer(d.get("max_connections", 512), p + ("max_connections",), 1, 100000),
+        idle_timeout=r.number(d.get("idle_timeout", 15.0), p + ("idle_timeout",), 0.5, 3600),
     )
 
 

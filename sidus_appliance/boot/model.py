@@ -29,9 +29,17 @@ _MODE_LABELS = {BootMode.OVERLAY: "shared root, changes in RAM", BootMode.AUFS: 
 MODE_ORDER = (BootMode.OVERLAY, BootMode.AUFS, BootMode.RW)  # menu order: overlay first, as in the seed
 
 
+class Transfer(StrEnum):
+    """How GRUB and iPXE fetch kernels and initrds (pxelinux/syslinux.efi always use TFTP)."""
+
+    TFTP = "tftp"
+    HTTP = "http"
+
+
 class ClientKind(StrEnum):
     """What a DHCP request says about the software asking."""
 
     PXE = "pxe"  # firmware PXE (vendor class PXEClient, or option 93 alone)
     IPXE = "ipxe"  # iPXE (option 175 or user class "iPXE")
+    HTTP = "http"  # UEFI HTTP boot firmware (vendor class HTTPClient, arch 16)
     PLAIN = "plain"  # not a network-boot client: the booted system's own DHCP

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from ..boot.loaders import BootSpec, Machine, boot_spec
+from ..boot.loaders import BootSpec, Machine, boot_spec, http_url
 from ..boot.model import ClientKind
 from ..config import INFINITE_LEASE, Config, Host
 from .codec import (
@@ -591,8 +591,10 @@ class DhcpServer:
         opts = pkt.options
         machine = Machine(pkt.mac, opts.get(OPT_CLIENT_ARCH), opts.get(OPT_VENDOR_CLASS, b""),
                           opts.get(OPT_USER_CLASS, b""), OPT_IPXE in opts)
-        dhcp = self.config.dhcp
-        return boot_spec(machine, dhcp.boot_files, dhcp.default_boot_file)
+        dhcp, host = self.config.dhcp, self._hosts.get(pkt.mac)
+        return boot_spec(machine, dhcp.boot_files, dhcp.default_boot_file,
+                         host_files=host.boot_files if host is not None else None,
+                         transfer=self.config.http.transfer)
 
     def _reply(self, pkt: DhcpPacket, mtype: int, yiaddr: IPv4Address, client: BootSpec,
                hostname: str | None, lease: bool = True) -> Reply:
@@ -605,11 +607,15 @@ class DhcpServer:
         boot_file = client.loader
         siaddr, file = ZERO_IP, b""
         if boot_file is not None:
+            if client.over_http:
+                boot_file = http_url(str(self.config.server_ip), self.config.http.port, boot_file)
             siaddr, name = self._server_ip, boot_file.encode()
             file = name if len(name) < 128 else b""  # too long for the field: option 67 only
             opts[OPT_TFTP_SERVER] = self._next_server
             opts[OPT_BOOTFILE] = name
-            if client.vendor_pxe:
+            if client.kind is ClientKind.HTTP:
+                opts[OPT_VENDOR_CLASS] = b"HTTPClient"  # UEFI 2.5+ 24.7: an HTTP boot offer says so
+            elif client.vendor_pxe:
                 opts[OPT_VENDOR_CLASS] = b"PXEClient"
                 opts[OPT_VENDOR_SPECIFIC] = PXE_VENDOR_OPTIONS
             uuid = pkt.options.get(OPT_CLIENT_UUID)

@@ -18,9 +18,16 @@ from sidus_appliance.boot.kernels import (
     parse_served_name,
     versions_in,
 )
-from sidus_appliance.boot.loaders import DEFAULT_BOOT_FILE, DEFAULT_BOOT_FILES, Machine, boot_spec
+from sidus_appliance.boot.loaders import (
+    DEFAULT_BOOT_FILE,
+    DEFAULT_BOOT_FILES,
+    Machine,
+    boot_spec,
+    http_url,
+    ipxe_script,
+)
 from sidus_appliance.boot.menus import menu_for, profile_for
-from sidus_appliance.boot.model import BootMode, ClientKind, Profile
+from sidus_appliance.boot.model import BootMode, ClientKind, Profile, Transfer
 from sidus_appliance.boot.versions import compare_versions, newest_first
 from tests.conftest import require
 from tests.unit.test_boot_menus import MASTER, make_config, make_root
@@ -39,12 +46,38 @@ def spec(arch: int | None = None, vendor: bytes = b"PXEClient", user: bytes = b"
 
 @pytest.mark.parametrize(("arch", "loader"), [
     (0, "pxelinux.0"), (6, "efi32/syslinux.efi"), (7, "efi64/syslinux.efi"), (9, "efi64/syslinux.efi"),
-    (11, "pxelinux.0"), (16, "pxelinux.0"), (None, "pxelinux.0"),
+    (11, "pxelinux.0"), (None, "pxelinux.0"),
 ])
 def test_seed_arch_table(arch: int | None, loader: str) -> None:
     result = spec(arch)
     assert (result.kind, result.arch, result.loader, result.vendor_pxe) == (ClientKind.PXE, arch, loader, True)
     assert ("unknown arch" in result.note) == (arch not in (0, 6, 7, 9, None))
+    assert not result.over_http
+
+
+def test_uefi_http_boot_gets_the_signed_shim_over_http() -> None:
+    result = spec(16, vendor=b"HTTPClient:Arch:00016:UNDI:003000")
+    assert (result.kind, result.loader, result.over_http) == (ClientKind.HTTP, "efi64/shimx64.efi", True)
+    assert spec(None, vendor=b"HTTPClient:Arch:00016").loader == "efi64/shimx64.efi"
+    assert http_url("10.20.17.254", 80, result.loader) == "http://10.20.17.254/efi64/shimx64.efi"
+    assert http_url("10.20.17.254", 8080, "/x.efi") == "http://10.20.17.254:8080/x.efi"
+
+
+def test_a_reservation_names_its_own_loader() -> None:
+    mine = {7: "efi64/shimx64.efi"}
+    machine = Machine(MAC, (7).to_bytes(2, "big"), b"PXEClient")
+    assert boot_spec(machine, DEFAULT_BOOT_FILES, DEFAULT_BOOT_FILE, host_files=mine).loader == "efi64/shimx64.efi"
+    bios = Machine(MAC, (0).to_bytes(2, "big"), b"PXEClient")
+    assert boot_spec(bios, DEFAULT_BOOT_FILES, DEFAULT_BOOT_FILE, host_files=mine).loader == "pxelinux.0"
+
+
+def test_ipxe_over_http_gets_its_own_script() -> None:
+    machine = Machine(MAC, (7).to_bytes(2, "big"), b"PXEClient", b"iPXE")
+    over_tftp = boot_spec(machine, DEFAULT_BOOT_FILES, DEFAULT_BOOT_FILE)
+    assert (over_tftp.kind, over_tftp.loader, over_tftp.over_http) == (ClientKind.IPXE, "efi64/syslinux.efi", False)
+    over_http = boot_spec(machine, DEFAULT_BOOT_FILES, DEFAULT_BOOT_FILE, transfer=Transfer.HTTP)
+    assert (over_http.loader, over_http.over_http) == ("ipxe/01-52-54-00-12-34-56", True)
+    assert ipxe_script(MAC) == over_http.loader
 
 
 def test_arch_from_vendor_class_when_option_93_is_missing() -> None:

@@ -256,6 +256,29 @@ def test_arch_from_vendor_class_when_option_93_is_missing(h: Harness) -> None:
     assert offer.file == b"efi64/syslinux.efi" and decision.arch == 7
 
 
+def test_uefi_http_boot_is_offered_the_shim_as_an_http_url(h: Harness) -> None:
+    http16 = (("vendor_class_id", b"HTTPClient:Arch:00016:UNDI:003001"), (93, b"\x00\x10"))
+    offer, _, decision = h.one(client_packet("discover", mac(1), *http16))
+    url = b"http://10.20.17.254/efi64/shimx64.efi"
+    assert offer.options[67] == url and offer.file == url
+    assert offer.options[60] == b"HTTPClient" and 43 not in offer.options  # UEFI: an HTTP offer says so
+    assert (decision.client, decision.arch) == ("http", 16)
+    ack = h.dora(mac(1), *http16)
+    assert ack.options[67] == url and ack.options[60] == b"HTTPClient"
+
+
+def test_a_reservation_moves_its_machine_to_the_signed_chain() -> None:
+    text = CONFIG.replace("profile: master}", "profile: master, boot_files: {7: efi64/shimx64.efi}}")
+    h = Harness(config(text + "http: {port: 8080, transfer: http}\n"))
+    offer, _, _ = h.one(client_packet("discover", MASTER, *PXE7))
+    assert offer.file == b"efi64/shimx64.efi"  # firmware PXE: TFTP, the host's own loader
+    other, _, _ = h.one(client_packet("discover", mac(2), *PXE7))
+    assert other.file == b"efi64/syslinux.efi"
+    ipxe, _, decision = h.one(client_packet("discover", mac(3), *PXE7, (77, b"iPXE")))
+    assert ipxe.options[67] == b"http://10.20.17.254:8080/ipxe/01-52-54-00-00-00-03"
+    assert decision.client == "ipxe"
+
+
 def test_option_93_first_of_several_arches(h: Harness) -> None:
     offer, _, _ = h.one(client_packet("discover", mac(1), (93, b"\x00\x06\x00\x07")))
     assert offer.file == b"efi32/syslinux.efi"
