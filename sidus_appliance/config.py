@@ -135,7 +135,7 @@ class HttpConfig:
     enabled: bool = True
     port: int = 80
     transfer: Transfer = Transfer.TFTP  # how iPXE and GRUB fetch kernels and initrds
-    max_requests_per_client: int = 8  # requests one address may have in flight at once
+    max_connections_per_client: int = 8  # connections one address may hold at once
     max_connections: int = 512  # HTTP connections at once, all clients together
     idle_timeout: float = 15.0  # seconds a kept-alive connection may stay silent
 
@@ -615,7 +615,7 @@ def _build_tftp(r: _Reader, value: Any) -> TftpConfig:
 
 def _build_http(r: _Reader, value: Any) -> HttpConfig:
     p = ("http",)
-    d = r.mapping(value, p, {"enabled", "port", "transfer", "max_requests_per_client", "max_connections",
+    d = r.mapping(value, p, {"enabled", "port", "transfer", "max_connections_per_client", "max_connections",
                              "idle_timeout"})
     transfer = r.text(d.get("transfer", Transfer.TFTP.value), p + ("transfer",))
     if transfer not in {t.value for t in Transfer}:
@@ -624,8 +624,8 @@ def _build_http(r: _Reader, value: Any) -> HttpConfig:
         enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
         port=r.integer(d.get("port", 80), p + ("port",), 1, 65535),
         transfer=Transfer(transfer),
-        max_requests_per_client=r.integer(d.get("max_requests_per_client", 8), p + ("max_requests_per_client",),
-                                          1, 10000),
+        max_connections_per_client=r.integer(d.get("max_connections_per_client", 8),
+                                             p + ("max_connections_per_client",), 1, 10000),
         max_connections=r.integer(d.get("max_connections", 512), p + ("max_connections",), 1, 100000),
         idle_timeout=r.number(d.get("idle_timeout", 15.0), p + ("idle_timeout",), 0.5, 3600),
     )

@@ -71,6 +71,10 @@ def build_services(config: Config, leases: LeaseStore) -> dict[str, Service]:
         from .tftp.service import TftpService
 
         services["tftp"] = TftpService(config, leases, logging.getLogger("sidus.tftp"))
+    if config.http.enabled:
+        from .http.service import HttpService
+
+        services["http"] = HttpService(config, leases, logging.getLogger("sidus.http"))
     if config.dhcp.enabled and config.dhcp.ipv6_ra_quench:
         from .ra import RaQuenchService
 

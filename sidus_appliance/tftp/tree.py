@@ -78,6 +78,7 @@ class Resolved:
     read: protocol.Reader
     close: Callable[[], None]
     buffered: bool = False  # read already works in big chunks: no read-ahead on top
+    fd: int | None = None  # the open regular file, for sendfile (None: generated or converted content)
 
 
 def _bytes_source(name: str, kind: str, data: bytes) -> Resolved:
@@ -209,7 +210,7 @@ class BootTree:
                 os.close(fd)
 
         if not netascii:
-            return Resolved(name, kind, st.st_size, read, close)
+            return Resolved(name, kind, st.st_size, read, close, fd=fd)
         try:
             if st.st_size > NETASCII_SCAN_LIMIT:
                 raise TreeError(protocol.ERR_ACCESS, "file too large for netascii, use octet")
