@@ -5,6 +5,9 @@
     [efiNN/]pxelinux.cfg/default          generated: the default profile's menu
     [efiNN/]pxelinux.cfg/01-<mac>         generated: the menu of that MAC's profile
     [efiNN/]pxelinux.cfg/<hex ip>         generated when the address is a reservation or lease
+    grub/grub.cfg                         generated: loads grub/grub.cfg-$net_default_mac (signed GRUB)
+    grub/grub.cfg-<mac>, -default         generated: that MAC's menu for GRUB (same entries)
+    ipxe/01-<mac>                         generated: that MAC's menu as an iPXE script (http.transfer: http)
     [efiNN/]vmlinuz-<ver>@<instance>      <instance root>/boot/vmlinuz-<ver>, read in place
     [efiNN/]initrd.img-<ver>@<instance>   <instance root>/boot/initrd.img-<ver>
     [efiNN/]splash.*                      the one shared copy under tftp.root
@@ -26,14 +29,19 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from sidus_appliance.boot import grub, ipxe
 from sidus_appliance.boot.kernels import BootImage, parse_served_name
+from sidus_appliance.boot.loaders import IPXE_SCRIPTS
+from sidus_appliance.boot.menus import menu_for
+from sidus_appliance.boot.model import Transfer
 from sidus_appliance.boot.pxelinux import render_menu
-from sidus_appliance.config import Config
+from sidus_appliance.config import Config, normalize_mac
 from sidus_appliance.jail import NotRegularFile, open_beneath
 from sidus_appliance.tftp import protocol
 from sidus_appliance.tftp.netascii import NetasciiReader, ScanCache
 
 ARCH_DIRS = ("efi32", "efi64")
+GENERATED = ("pxelinux.cfg", grub.MENUS_DIR, IPXE_SCRIPTS)  # directories whose names we synthesise
 MAX_COMPONENT = 255
 # netascii needs one scan of the file (CR/LF count: its converted size) before the first block,
 # on the event loop; 64 MiB of page cache is a few tens of ms once per file (the result is cached).
@@ -148,26 +156,45 @@ class BootTree:
         parts = split_path(filename)
         if parts[0] in ARCH_DIRS and len(parts) > 1 and _is_shared(parts[1:]):
             parts = parts[1:]  # efi64/pxelinux.cfg/... is the shared pxelinux.cfg/...
-        if parts[0] == "pxelinux.cfg":
-            return self._menu(parts, netascii)
+        if len(parts) == 2 and parts[0] in GENERATED:
+            text = self._generated(parts[0], parts[1])
+            if text is not None:
+                data = text.encode()
+                name = "/".join(parts)
+                return _bytes_source(name, "menu", protocol.to_netascii(data) if netascii else data)
+            if parts[0] == "pxelinux.cfg":  # every other pxelinux lookup (UUID, hex prefixes): a fast miss
+                raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
         image = parse_served_name(parts[0]) if len(parts) == 1 else None
         if image is not None:
             return self._kernel(image, netascii)
         return self._file(self.root, parts, "/".join(parts), "file", netascii)
 
-    def _menu(self, parts: list[str], netascii: bool) -> Resolved:
-        if len(parts) != 2:
-            raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
-        name = parts[1]
-        mac = None if name == "default" else self._mac_for_menu(name)
-        if name != "default" and mac is None:
-            raise TreeError(protocol.ERR_NOT_FOUND, "file not found")
+    def _generated(self, directory: str, name: str) -> str | None:
+        """The menu or script generated under that name, None if the name is not one of ours."""
         try:
-            text = render_menu(self.config, mac)
+            if directory == "pxelinux.cfg":
+                mac = None if name == "default" else self._mac_for_menu(name)
+                return None if name != "default" and mac is None else render_menu(self.config, mac)
+            if directory == grub.MENUS_DIR:
+                if name == grub.ENTRY:
+                    return grub.entry_config()
+                if not name.startswith(grub.PER_MAC):
+                    return None
+                wanted = name[len(grub.PER_MAC):]
+                mac = None if wanted == "default" else normalize_mac(wanted)
+                return grub.render(menu_for(self.config, mac), self._grub_device())
+            if directory == IPXE_SCRIPTS and name.startswith("01-"):
+                return ipxe.render(menu_for(self.config, normalize_mac(name[3:])))
         except ValueError:  # a malformed MAC in the name
-            raise TreeError(protocol.ERR_NOT_FOUND, "file not found") from None
-        data = text.encode()
-        return _bytes_source("pxelinux.cfg/" + name, "menu", protocol.to_netascii(data) if netascii else data)
+            return None
+        return None
+
+    def _grub_device(self) -> str:
+        """Kernels over HTTP when the config says so (GRUB 2.06 names no port: only on port 80)."""
+        http = self.config.http
+        if http.enabled and http.transfer is Transfer.HTTP and http.port == 80:
+            return f"(http,{self.config.server_ip})"
+        return ""
 
     def _mac_for_menu(self, name: str) -> str | None:
         mac = _mac_from_pxe_name(name)

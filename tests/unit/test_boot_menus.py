@@ -121,3 +121,64 @@ def test_nfs_options_and_kernel_args_from_config(tmp_path):
 def test_malformed_mac_is_an_error(tmp_path):
     with pytest.raises(ValueError):
         render_menu(make_config(tmp_path), "not-a-mac")
+
+
+# ---------------------------------------------------------------- the same entries for every loader
+
+
+def grub_entries(text: str) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("menuentry "):
+            out.append({"id": line.split(" --id ", 1)[1].split()[0]})
+        elif out and line.startswith(("linux ", "initrd ")):
+            key, _, value = line.partition(" ")
+            out[-1][key] = value
+    return out
+
+
+def test_grub_and_ipxe_menus_hold_the_pxelinux_entries(tmp_path):
+    from sidus_appliance.boot import grub, ipxe
+    from sidus_appliance.boot.menus import menu_for
+
+    make_root(tmp_path, "bookworm", ["6.1.0-18-amd64"])
+    config = make_config(tmp_path, [{"name": "bookworm", "label": "Debian's 12 $x", "modes": ["overlay", "aufs"]}])
+    for mac in (None, MASTER):
+        pxe = [e for e in entries(render_menu(config, mac)) if e["label"] != "local"]
+        menu = menu_for(config, mac)
+        in_grub = grub_entries(grub.render(menu))
+        assert [e["id"] for e in in_grub] == [e["label"] for e in pxe] + ["local"]
+        for p, g in zip(pxe, in_grub, strict=False):
+            assert g["linux"] == f"/{p['KERNEL']} {p['APPEND']}"  # byte for byte the same command line
+            assert g["initrd"] == "/" + p["APPEND"].split()[0].removeprefix("initrd=")
+        script = ipxe.render(menu)
+        assert script.startswith("#!ipxe\n")
+        for p in pxe:
+            assert f"kernel /{p['KERNEL']} {p['APPEND']}\n" in script and f":{p['label']}\n" in script
+    # A label with a quote and a dollar cannot break out of GRUB's quoting.
+    text = grub.render(menu_for(config, None))
+    assert "menuentry 'Debian'\\''s 12 $x (shared root" in text
+    over_http = grub.render(menu_for(config, None), "(http,10.20.17.254)")
+    assert "linux (http,10.20.17.254)/vmlinuz-6.1.0-18-amd64@bookworm " in over_http
+
+
+def test_the_tree_serves_grub_and_ipxe_menus_by_mac(tmp_path):
+    from sidus_appliance.tftp.tree import BootTree, TreeError
+
+    make_root(tmp_path, "bookworm", ["6.1.0-18-amd64"])
+    (tmp_path / "tftp").mkdir()
+    config = make_config(tmp_path, [{"name": "bookworm"}])
+    tree = BootTree(config)
+
+    def text(name: str) -> str:
+        resolved = tree.resolve(name)
+        return resolved.read(0, resolved.size).decode()
+
+    assert "configfile $prefix/grub.cfg-$net_default_mac" in text("/grub/grub.cfg")
+    assert "MASTER, read-write" in text("/grub/grub.cfg-08:00:aa:bb:cc:dd")
+    assert "sidus=overlay" in text("grub/grub.cfg-default") and "MASTER" not in text("grub/grub.cfg-default")
+    assert "MASTER, read-write" in text("ipxe/01-08-00-aa-bb-cc-dd")
+    for missing in ("grub/grub.cfg-zz", "grub/x86_64-efi/command.lst", "ipxe/01-nonsense", "ipxe/boot"):
+        with pytest.raises(TreeError):
+            tree.resolve(missing)
