@@ -754,7 +754,8 @@ def describe(config: Config) -> str:
     lines.append(f"  journal    -> {journal}")
     lines.append(f"  quarantine -> at most {d.max_quarantine_per_client} declined address(es) per client")
     for h in config.hosts:
-        lines.append(f"host:        {h.name} {h.mac} {h.address} profile={h.profile}")
+        own = "".join(f" arch{arch}={name}" for arch, name in sorted(h.boot_files.items()))
+        lines.append(f"host:        {h.name} {h.mac} {h.address} profile={h.profile}{own}")
     n = config.dns
     upstreams = ", ".join(f"{address}:{port}" for address, port in n.upstreams) or "none"
     lines.append(
@@ -771,6 +772,9 @@ def describe(config: Config) -> str:
     t = config.tftp
     lines.append(f"tftp:        {'on' if t.enabled else 'off'} port {t.port}, root {t.root}")
     lines.append(f"  transfers  -> {t.max_transfers} at once, {t.max_transfers_per_client} per client")
+    h = config.http
+    lines.append(f"http:        {'on' if h.enabled else 'off'} port {h.port}, kernels for iPXE/GRUB over {h.transfer}, "
+                 f"{h.max_connections} connections, {h.max_connections_per_client} per client")
     lines.append(
         f"nfs:         {config.nfs.backend}, instances in {config.nfs.instances_dir}, options {config.nfs.options}"
     )
