@@ -108,7 +108,8 @@ class HttpService:
         if why is not None:
             self.stats["connections_refused"] += 1
             self.rlog.warning(("busy", client), "http: %s: connection refused: %s", client, why)
-            transport.abort()
+            # Not from inside connection_made: aiohttp's handler task must start before it sees the loss.
+            asyncio.get_running_loop().call_soon(transport.abort)
             return
         self._clients[handler] = client
         loop = asyncio.get_running_loop()

@@ -1,5 +1,5 @@
 """What every hostile test ends with: a real client in a fresh namespace is still served by
-DHCP (busybox udhcpc), DNS (dig) and TFTP (curl), and the appliance log holds no traceback."""
+DHCP (busybox udhcpc), DNS (dig), TFTP and HTTP (curl), and the appliance log holds no traceback."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def assert_no_crash(appliance: ApplianceProcess) -> None:
 
 
 def assert_still_serves(lab: Lab, appliance: ApplianceProcess, workdir: Path, *, dhcp: bool = True,
-                        dns: bool = True, tftp: bool = True) -> ClientPort:
-    """A fresh client gets a lease, a DNS answer and a byte-exact TFTP file; no crash logged."""
-    probe = stage_probe(appliance) if tftp else None
+                        dns: bool = True, tftp: bool = True, http: bool = True) -> ClientPort:
+    """A fresh client gets a lease, a DNS answer and a byte-exact file over TFTP and HTTP; no crash logged."""
+    probe = stage_probe(appliance) if tftp or http else None
     workdir.mkdir(parents=True, exist_ok=True)
     if dhcp:
         client = lab.add_client()
@@ -53,6 +53,13 @@ def assert_still_serves(lab: Lab, appliance: ApplianceProcess, workdir: Path, *,
         command = ["curl", "-sS", "--max-time", "60", "-o", str(dest), f"tftp://{SERVER}/{PROBE}"]
         result = client.run(command, timeout=90)
         assert result.returncode == 0, f"curl: {result.stderr}"
+        assert filecmp.cmp(dest, probe, shallow=False)
+    if http:
+        assert probe is not None
+        dest = workdir / "probe.http"
+        command = ["curl", "-sS", "--fail", "--max-time", "60", "-o", str(dest), f"http://{SERVER}/{PROBE}"]
+        result = client.run(command, timeout=90)
+        assert result.returncode == 0, f"curl http: {result.stderr}"
         assert filecmp.cmp(dest, probe, shallow=False)
     assert_no_crash(appliance)
     return client

@@ -142,7 +142,7 @@ def test_the_jail_and_refusals_are_those_of_tftp(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
-def test_one_client_cannot_hold_every_connection(tmp_path: Path) -> None:
+def test_one_client_cannot_hold_every_connection(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def body(base: str, root: Path, inst: Path, service: HttpService) -> None:
         port = int(base.rsplit(":", 1)[1])
         (root / "f").write_bytes(b"data")
@@ -159,3 +159,5 @@ def test_one_client_cannot_hold_every_connection(tmp_path: Path) -> None:
             assert r.status == 200 and await r.read() == b"data"
 
     run(tmp_path, body, max_connections_per_client=2, idle_timeout=0.5)
+    # A refused connection must not kill aiohttp's handler task ("Task exception was never retrieved").
+    assert not [r for r in caplog.records if r.exc_info or "never retrieved" in r.getMessage()]
