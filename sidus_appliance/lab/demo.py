@@ -184,17 +184,17 @@ def demo(boots: tuple[tuple[qemu.Firmware, str], ...] = DEMO_BOOTS) -> int:
             _table(("DHCP client", "mac", "address", "name", "boot file", "lease"), rows)
             print()
 
-            boots: list[tuple[str, ...]] = []
+            boot_rows: list[tuple[str, ...]] = []
             for firmware, mac in boots:
                 done = _step(f"QEMU {firmware} client {mac}: PXE boot to the marker line (TCG: ~20-45 s)")
                 result = _boot_one(the_lab, firmware, mac, workdir, kernel.vmlinuz)
                 done(result.summary())
                 failures += not result.ok
-                boots.append(tuple(result.row().values()))
+                boot_rows.append(tuple(result.row().values()))
                 header = tuple(result.row())
             print()
-            if boots:
-                _table(header, boots)
+            if boot_rows:
+                _table(header, boot_rows)
             appliance.stop()
             print()
             print("appliance log (DHCP decisions, TFTP transfers, IPv6 RAs):")
