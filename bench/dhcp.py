@@ -208,6 +208,7 @@ class Server:
 # Config keys the baseline revision may not know (it refuses unknown keys): left out for it.
 NEWER_KEYS = {"dhcp": ("fsync", "max_quarantine_per_client"), "dns": ("tcp_max_connections", "tcp_max_per_client",
               "tcp_idle_timeout"), "tftp": ("max_transfers_per_client",)}
+NEWER_SECTIONS = ("http", "management")  # whole sections a baseline revision may not know
 
 
 class Ours(Server):
@@ -235,6 +236,7 @@ class Ours(Server):
             "dhcp": {"pool": {"start": POOL[0], "end": POOL[1], "hostname": "dhcp-{ip}"}},
             "dns": {"enabled": False},
             "tftp": {"enabled": False},
+            "http": {"enabled": False},
         }
         if self.fsync is not None:
             overrides["dhcp"]["fsync"] = self.fsync
@@ -248,6 +250,8 @@ class Ours(Server):
             for section, keys in NEWER_KEYS.items():
                 for key in keys:
                     data.get(section, {}).pop(key, None)
+            for section in NEWER_SECTIONS:
+                data.pop(section, None)
             config.write_text(yaml.safe_dump(data, sort_keys=False))
             env = {**os.environ, "PYTHONPATH": str(source)}
         command = [sys.executable]

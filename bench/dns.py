@@ -77,7 +77,7 @@ def query_file(path: Path) -> int:
 
 
 def start_ours(lab: Lab, work: Path, args: argparse.Namespace) -> NsProcess:
-    config = write_lab_config(work, {"dhcp": {"enabled": False}, "tftp": {"enabled": False},
+    config = write_lab_config(work, {"dhcp": {"enabled": False}, "tftp": {"enabled": False}, "http": {"enabled": False},
                                      "dns": {"port": PORT, "listen": [SERVER_IP]}})
     command = [sys.executable]
     if args.profile:

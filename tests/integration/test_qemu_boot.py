@@ -18,8 +18,6 @@ from sidus_appliance import bootfiles
 from sidus_appliance.config import load_config
 from sidus_appliance.lab import ApplianceProcess, Lab, qemu, testkernel, write_lab_config
 
-from ..conftest import require
-
 pytestmark = [pytest.mark.integration, pytest.mark.qemu]
 
 MASTER_MAC = "08:00:aa:bb:cc:dd"
@@ -33,19 +31,6 @@ CASES = [
     ("uefi", MASTER_MAC, "efi64/syslinux.efi", True),
     ("uefi-native", "52:54:00:5a:00:03", "efi64/syslinux.efi", False),
 ]
-
-
-QEMU_TOOLS = (
-    qemu.QEMU, "dpkg-deb", "apt-get", "dig", str(testkernel.BUSYBOX),
-    "/usr/lib/ipxe/qemu/pxe-e1000.rom", "/usr/lib/ipxe/qemu/efi-e1000.rom", "/usr/share/OVMF",
-)
-
-
-@pytest.fixture(scope="module")
-def test_kernel() -> testkernel.TestKernel:
-    """The Debian kernel + marker initramfs, built once (cached under /var/cache/sidus-appliance)."""
-    require("the QEMU boots", root=False, tools=QEMU_TOOLS)
-    return testkernel.build()
 
 
 def dig(lab: Lab, name: str, rtype: str = "A") -> list[str]:

@@ -165,6 +165,7 @@ def _quiet_config(state: Path) -> str:
     return (
         "interface: eth1\naddress: 10.20.17.254/24\ndomain: sidus.zone\nuser: nobody\n"
         f"state_dir: {state}\ndhcp: {{enabled: false}}\ndns: {{enabled: false}}\ntftp: {{enabled: false}}\n"
+        "http: {enabled: false}\n"
     )
 
 
