@@ -280,7 +280,9 @@ class BootTracker:
         is not a finite number)."""
         return self._ignored
 
-    def __len__(self) -> int:
+    @property
+    def tracked(self) -> int:
+        """Machines tracked now (at most max_machines)."""
         return len(self._machines)
 
     def changed_since(self, version: int) -> list[str]:
