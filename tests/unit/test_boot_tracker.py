@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidus_appliance.boot.model import ClientKind
 from sidus_appliance.observe.events import DhcpEvent, TransferEvent, Transport
 from sidus_appliance.observe.tracker import BUCKETS, PHASES, BootTracker, Phase
 
@@ -291,6 +292,18 @@ def test_a_lease_that_moves_follows_its_new_owner() -> None:
     assert "loader" in spans(rb) and "loader" not in spans(ra)
     tracker.feed(b.transfer(T0 + 4, "pxelinux.0"))  # b's old address maps to nobody now
     assert tracker.ignored == 1
+
+
+def test_the_services_enums_work_as_client_and_transport() -> None:
+    """DHCP may pass its ClientKind (a StrEnum) and TFTP a plain "tftp": rows still carry plain strings."""
+    c = Client()
+    tracker = fed([
+        DhcpEvent(T0, c.mac, "REQUEST", "ACK", c.address, ClientKind.PXE, 0, "pxelinux.0", None, "default"),
+        TransferEvent(T0 + 8, c.address, "vmlinuz-1@a", "kernel", "tftp", 10, 10, 1.0, 0, True),  # type: ignore[arg-type]
+        DhcpEvent(T0 + 9, c.mac, "REQUEST", "ACK", c.address, ClientKind.PLAIN, None, None, None, "default"),
+    ])
+    row = row_of(tracker, c.mac, T0 + 10)
+    assert row["state"] == "booted" and type(row["firmware"]) is str and type(row["phases"][1]["transport"]) is str
 
 
 def test_constructor_refuses_senseless_bounds() -> None:
