@@ -24,11 +24,15 @@ import socket
 import struct
 import time
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..ratelimit import LineBudget, RateLimitedLog
 from .leases import LeaseStore
 from .server import Decision, DhcpServer, Reply
+
+if TYPE_CHECKING:
+    from ..observe.observer import Observer
 
 SIOCSARP = 0x8955
 ATF_COM = 0x02
@@ -49,9 +53,11 @@ def _arpreq(ip: IPv4Address, mac: str, device: str) -> bytes:
 class DhcpService:
     name = "dhcp"
 
-    def __init__(self, config: Config, leases: LeaseStore, log: logging.Logger) -> None:
+    def __init__(self, config: Config, leases: LeaseStore, log: logging.Logger,
+                 observer: Observer | None = None) -> None:
         self.config = config
         self.log = log
+        self.observer = observer
         self.leases = leases
         leases.autoflush = False  # the service commits in groups, see the module docstring
         self.core = DhcpServer(config, leases)
@@ -176,6 +182,8 @@ class DhcpService:
         if d.error:
             self.warnings.error(("error", d.mac), "dhcp: %s from %s: %s", d.message, d.mac, d.reason)
             return
+        if self.observer is not None:  # counted even when a flood mutes the log
+            self.observer.dhcp(d.mac, d.message, d.action, d.address, d.client, d.arch, d.boot_file)
         dropped = self.budget.allow()
         if dropped is None:
             return

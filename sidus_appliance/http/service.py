@@ -19,18 +19,22 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from ..config import Config
+from ..observe.events import Transport
 from ..ratelimit import RateLimitedLog
 from ..tftp import protocol
 from ..tftp.tree import BootTree, Resolved, TreeError
 from .budget import ConnectionBudget
 from .ranges import Unsatisfiable, parse_range
+
+if TYPE_CHECKING:
+    from ..observe.observer import Observer
 
 LOG_INTERVAL = 60.0
 CHUNK = 256 * 1024  # generated content, or a transport without sendfile
@@ -57,8 +61,9 @@ class _GuardedServer(web.Server):
 class HttpService:
     name = "http"
 
-    def __init__(self, config: Config, leases: Any, log: logging.Logger) -> None:
+    def __init__(self, config: Config, leases: Any, log: logging.Logger, observer: Observer | None = None) -> None:
         self.log = log
+        self.observer = observer
         self.rlog = RateLimitedLog(log, interval=LOG_INTERVAL)
         self.leases = leases
         self.runner: web.ServerRunner | None = None
@@ -143,10 +148,16 @@ class HttpService:
             return self._refused(client, path, exc)
         except OSError as exc:  # the tree maps what it expects; anything else is this request's failure
             return self._refused(client, path, TreeError(protocol.ERR_UNDEFINED, f"server error: {exc}"))
+        began = time.monotonic()
+        sent = 0
         try:
-            return await self._send(request, client, resolved)
+            response, sent = await self._send(request, client, resolved)
+            return response
         finally:
             resolved.close()
+            if self.observer is not None and request.method == "GET":
+                self.observer.transfer(client, resolved.name, resolved.kind, Transport.HTTP, resolved.size, sent,
+                                       time.monotonic() - began, 0, sent > 0 or resolved.size == 0)
 
     def _refused(self, client: str, path: str, exc: TreeError) -> web.Response:
         status = STATUS_FOR.get(exc.code, 500)
@@ -158,12 +169,13 @@ class HttpService:
         headers = {"Retry-After": "1"} if status == 503 else None
         return web.Response(status=status, text=exc.message + "\n", headers=headers)
 
-    async def _send(self, request: web.BaseRequest, client: str, resolved: Resolved) -> web.StreamResponse:
+    async def _send(self, request: web.BaseRequest, client: str, resolved: Resolved) -> tuple[web.StreamResponse, int]:
+        """The response and the bytes of the body sent."""
         size = resolved.size
         try:
             wanted = parse_range(request.headers.get("Range"), size)
         except Unsatisfiable:
-            return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"}), 0
         start, length = (0, size) if wanted is None else (wanted.start, wanted.length)
         response = web.StreamResponse(status=200 if wanted is None else 206)
         response.content_type = CONTENT_TYPES.get(resolved.kind, "application/octet-stream")
@@ -177,7 +189,7 @@ class HttpService:
         await response.prepare(request)
         if request.method == "HEAD" or length == 0:
             await response.write_eof()
-            return response
+            return response, 0
         if resolved.fd is not None and request.transport is not None:
             await self._sendfile(request, response, resolved.fd, start, length)
         else:
@@ -189,7 +201,7 @@ class HttpService:
         span = "" if wanted is None else f", range {wanted.start}-{wanted.end}"
         self.log.info("http: %s: sent %s (%d bytes%s, %.2f s)", client, resolved.name, length, span,
                       time.monotonic() - began)
-        return response
+        return response, length
 
     @staticmethod
     async def _sendfile(request: web.BaseRequest, response: web.StreamResponse, fd: int, start: int,

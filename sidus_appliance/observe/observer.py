@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..config import Config
 from ..dhcp.leases import LeaseState
-from .events import DhcpEvent, Transport, TransferEvent
+from .events import DhcpEvent, TransferEvent, Transport
 from .tracker import PHASES, BootTracker
 
 

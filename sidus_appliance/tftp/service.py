@@ -46,13 +46,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sidus_appliance.config import Config, TftpConfig
+from sidus_appliance.observe.events import Transport
 from sidus_appliance.ratelimit import RateLimitedLog
 from sidus_appliance.tftp import protocol
 from sidus_appliance.tftp.requests import RECHECK_DELAY, Action, Decision, Handle, Policy, RequestCore
 from sidus_appliance.tftp.tree import BootTree, Resolved, TreeError
+
+if TYPE_CHECKING:
+    from sidus_appliance.observe.observer import Observer
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SOCKET_BUFFER = 1 << 20  # a 64-block window of 8 KiB blocks must fit in the send buffer
@@ -325,8 +329,9 @@ class _Listener(asyncio.DatagramProtocol):
 
 
 class TftpService:
-    def __init__(self, config: Config, leases: Any, log: logging.Logger) -> None:
+    def __init__(self, config: Config, leases: Any, log: logging.Logger, observer: Observer | None = None) -> None:
         self.log = log
+        self.observer = observer
         self.rlog = RateLimitedLog(log, interval=LOG_INTERVAL)
         self.leases = leases
         self.listener: asyncio.DatagramTransport | None = None
@@ -533,6 +538,12 @@ class TftpService:
         self.requests.finished(transfer.client, transfer)
         elapsed = time.monotonic() - transfer.started
         host, port = transfer.client
+        session, resolved = transfer.session, transfer.resolved
+        if self.observer is not None:
+            acked = min(resolved.size, max(0, session.acked) * session.blksize)
+            sent = resolved.size if outcome == "complete" else acked
+            self.observer.transfer(host, resolved.name, resolved.kind, Transport.TFTP, resolved.size, sent, elapsed,
+                                   session.resent, outcome == "complete")
         if outcome == "complete":
             self.completed += 1
             self.log.info("tftp: %s:%d: sent %s (%d bytes, %.2f s, blksize %d, windowsize %d, %d resent)", host, port,
