@@ -9,7 +9,7 @@ APT       := ./scripts/apt-install
 # a userspace NFS server (the kernel may have no nfsd) and debootstrap for the image builder.
 APT_TEST  := iproute2 python3-venv python3-dev gcc isc-dhcp-client udhcpc dnsutils curl \
              tftp-hpa atftp pxelinux syslinux-common syslinux-efi qemu-system-x86 ipxe-qemu \
-             ovmf shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed busybox-static cpio procps \
+             ovmf ipxe shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed busybox-static cpio procps \
              nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common libnfs-utils shellcheck debootstrap
 # The reference servers the benchmarks compare us with (never started outside a namespace).
 APT_BENCH := dnsmasq-base kea-admin kea-dhcp4-server tftpd-hpa dnsperf

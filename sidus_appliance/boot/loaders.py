@@ -1,8 +1,12 @@
 """Which boot loader a client gets, from what its DHCP request says (RFC 4578 option 93).
 
 The table is the seed's PXE dispatch, with the errata (7 and 9 are both x86-64 UEFI), plus UEFI
-HTTP boot (16), which gets Debian's signed shim: HTTP-boot machines are modern ones, most with
-Secure Boot on. The config may override any row (`dhcp.boot_files`), the fallback
+HTTP boot (16), which gets iPXE's SNP build (it drives the NIC through the firmware's own driver),
+which then boots the machine's menu as an iPXE client. Not the signed shim, although HTTP-boot
+machines are modern ones: measured with OVMF, shim loads Debian 12's signed GRUB over HTTP, but
+that GRUB (2.06) has no HTTP support and no network configuration after an HTTP boot, so it stops
+at its prompt. Secure Boot machines boot the signed chain over PXE/TFTP (arch 7/9 ->
+efi64/shimx64.efi); a reservation can still name shim for its HTTP boot. The config may override any row (`dhcp.boot_files`), the fallback
 (`dhcp.default_boot_file`) and, per reservation, any row for that machine (`hosts[].boot_files`).
 
 HTTP-boot firmware and iPXE (when `http.transfer: http`) are given a full `http://` URL: the
@@ -21,7 +25,7 @@ DEFAULT_BOOT_FILES: Mapping[int, str] = {
     6: "efi32/syslinux.efi",  # x86 UEFI (32-bit)
     7: "efi64/syslinux.efi",  # x86-64 UEFI
     9: "efi64/syslinux.efi",  # x86-64 UEFI (RFC 4578 errata: EFI BC)
-    16: "efi64/shimx64.efi",  # x86-64 UEFI HTTP boot: Debian's signed shim, then grubx64.efi beside it
+    16: "efi64/snponly.efi",  # x86-64 UEFI HTTP boot: iPXE over the firmware's NIC driver (unsigned)
 }
 HTTP_BOOT_ARCHES = frozenset((15, 16, 19))  # UEFI HTTP boot: x86, x86-64, arm64 (RFC 4578 registry)
 SIGNED_SHIM = "efi64/shimx64.efi"  # shim + grubx64.efi: the Secure Boot chain `bootfiles install` stages

@@ -55,11 +55,11 @@ def test_seed_arch_table(arch: int | None, loader: str) -> None:
     assert not result.over_http
 
 
-def test_uefi_http_boot_gets_the_signed_shim_over_http() -> None:
+def test_uefi_http_boot_gets_ipxe_over_http() -> None:
     result = spec(16, vendor=b"HTTPClient:Arch:00016:UNDI:003000")
-    assert (result.kind, result.loader, result.over_http) == (ClientKind.HTTP, "efi64/shimx64.efi", True)
-    assert spec(None, vendor=b"HTTPClient:Arch:00016").loader == "efi64/shimx64.efi"
-    assert http_url("10.20.17.254", 80, result.loader) == "http://10.20.17.254/efi64/shimx64.efi"
+    assert (result.kind, result.loader, result.over_http) == (ClientKind.HTTP, "efi64/snponly.efi", True)
+    assert spec(None, vendor=b"HTTPClient:Arch:00016").loader == "efi64/snponly.efi"
+    assert http_url("10.20.17.254", 80, result.loader) == "http://10.20.17.254/efi64/snponly.efi"
     assert http_url("10.20.17.254", 8080, "/x.efi") == "http://10.20.17.254:8080/x.efi"
 
 

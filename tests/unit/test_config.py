@@ -49,7 +49,7 @@ def test_example_is_the_seed_lab() -> None:
         6: "efi32/syslinux.efi",
         7: "efi64/syslinux.efi",
         9: "efi64/syslinux.efi",
-        16: "efi64/shimx64.efi",
+        16: "efi64/snponly.efi",
     }
     assert config.dhcp.default_boot_file == "pxelinux.0"
     assert config.tftp.root == Path("/srv/tftp")

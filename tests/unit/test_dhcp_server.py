@@ -256,10 +256,10 @@ def test_arch_from_vendor_class_when_option_93_is_missing(h: Harness) -> None:
     assert offer.file == b"efi64/syslinux.efi" and decision.arch == 7
 
 
-def test_uefi_http_boot_is_offered_the_shim_as_an_http_url(h: Harness) -> None:
+def test_uefi_http_boot_is_offered_its_loader_as_an_http_url(h: Harness) -> None:
     http16 = (("vendor_class_id", b"HTTPClient:Arch:00016:UNDI:003001"), (93, b"\x00\x10"))
     offer, _, decision = h.one(client_packet("discover", mac(1), *http16))
-    url = b"http://10.20.17.254/efi64/shimx64.efi"
+    url = b"http://10.20.17.254/efi64/snponly.efi"
     assert offer.options[67] == url and offer.file == url
     assert offer.options[60] == b"HTTPClient" and 43 not in offer.options  # UEFI: an HTTP offer says so
     assert (decision.client, decision.arch) == ("http", 16)
