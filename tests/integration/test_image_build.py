@@ -1,8 +1,10 @@
-"""A real minimal instance: debootstrap (or the cached base), kernel, dracut with 90sidus, lsinitrd,
-then served by ganesha in a namespace and read back over NFS.
+"""Real minimal instances, one per Debian suite (bookworm, trixie): debootstrap (or the cached
+base), kernel, dracut with 90sidus, lsinitrd, then served by ganesha in a namespace, read back
+over NFS and booted end to end by PXE clients under QEMU.
 
-Slow (minutes: apt and one dracut run); the debootstrap base and the .debs are cached in
-SIDUS_IMAGE_CACHE (default /var/cache/sidus-appliance) so later runs skip the downloads.
+Slow (minutes per suite: apt and one dracut run); the debootstrap base and the .debs are cached
+per suite in SIDUS_IMAGE_CACHE (default /var/cache/sidus-appliance) so later runs skip the
+downloads.
 """
 
 from __future__ import annotations
@@ -27,21 +29,26 @@ from .test_nfs_ganesha import NEEDED, SERVER, Pair, url
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 CACHE = Path(os.environ.get("SIDUS_IMAGE_CACHE", "/var/cache/sidus-appliance"))
+# Debian 12 and Debian 13 (stable now): every test of this module runs against each build.
+SUITES = ("bookworm", "trixie")
+CODENAMES = {"bookworm": "12", "trixie": "13"}
 
 
 def config_for(tmp: Path):
     return parse_config(nfs_config_text(tmp, ["mini"]), "test.yaml")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=SUITES)
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The instance `mini` of one suite, built once per module run (its caches keyed by suite)."""
     require("the image build (debootstrap, chroot, mount namespaces)", tools=("debootstrap",))
-    tmp = Path(tmp_path_factory.mktemp("image", numbered=True))
+    suite = request.param
+    tmp = Path(tmp_path_factory.mktemp(f"image-{suite}", numbered=True))
     config = config_for(tmp)
     said: list[str] = []
     started = time.monotonic()
-    result = image.build(config, "mini", "bookworm", "amd64", "minimal", said.append, cache_dir=CACHE)
-    print(f"image build took {time.monotonic() - started:.0f}s: {result.timings}")
+    result = image.build(config, "mini", suite, "amd64", "minimal", said.append, cache_dir=CACHE)
+    print(f"image build ({suite}) took {time.monotonic() - started:.0f}s: {result.timings}")
     yield config, result, said
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -49,6 +56,8 @@ def built(tmp_path_factory: pytest.TempPathFactory):
 def test_build_produces_a_bootable_root(built) -> None:
     _config, result, said = built
     root = result.root
+    suite = release_field(root, "SUITE")
+    assert f"VERSION_ID=\"{CODENAMES[suite]}\"" in (root / "etc/os-release").read_text()
     assert result.kernels and (root / "boot" / f"vmlinuz-{result.kernels[0]}").exists()
     assert all((root / image.builder.STAMP_DIR / step).exists() for step in image.STEPS)
     assert chrootenv.mounts_under(root) == []
@@ -67,7 +76,7 @@ def test_build_produces_a_bootable_root(built) -> None:
 def test_rebuild_resumes_without_work(built) -> None:
     config, result, _ = built
     said: list[str] = []
-    again = image.build(config, "mini", log=said.append)
+    again = image.build(config, "mini", release_field(result.root, "SUITE"), log=said.append)
     assert sum("already done" in line for line in said) == len(image.STEPS)
     assert again.password is None and again.kernels == result.kernels
 
@@ -110,25 +119,29 @@ def test_the_built_root_is_served_over_nfs(built) -> None:
             nfs.stop_ganesha(config, lambda m: None)
 
 
+def release_field(root: Path, key: str) -> str:
+    """A field of the instance's /etc/sidus-release (the builder writes NAME, SUITE, ARCH, ...)."""
+    fields = dict(line.partition("=")[::2] for line in (root / "etc/sidus-release").read_text().splitlines())
+    return fields[key]
+
+
 # -- end to end: PXE clients boot the built root over NFS from the appliance ------------------
 
 MASTER_MAC = "08:00:aa:bb:cc:dd"  # profile master in config.example.yaml
 CLIENT_MAC = "52:54:00:5e:00:01"
 BOOT_TIMEOUT = 600.0  # TCG on a loaded 2-core box: ~80 s when healthy
+# What each firmware fetches first (DHCP arch 0 / 7, as config.example.yaml dispatches).
+LOADER = {"bios": "pxelinux.0", "uefi": "efi64/syslinux.efi"}
+MARK = "sidus-e2e-written"  # the probe appends a line to /MARK on every boot
 
-# Boot loaders from the Debian packages (pxelinux, syslinux-common); menu.c32 and its libraries
-# because the generated menus use `UI menu.c32`.
-LOADERS = {
-    "pxelinux.0": "/usr/lib/PXELINUX/pxelinux.0",
-    **{m: f"/usr/lib/syslinux/modules/bios/{m}" for m in ("ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32")},
-}
-
-# A test-only unit in the instance: how is / mounted, can we write it, and the lab's marker line
-# (sidus_appliance.lab.qemu waits for it), then power off.
+# A test-only unit in the instance: how is / mounted, what earlier boots left in /MARK, can we
+# append to it, and the lab's marker line (sidus_appliance.lab.qemu waits for it), then power off.
 PROBE = r"""#!/bin/sh
 root_fs=$(findmnt -n -o FSTYPE /)
+before=0
+[ -f /MARK ] && before=$(wc -l < /MARK)
 wrote=no
-echo "written by $(cat /proc/sys/kernel/hostname)" > /sidus-e2e-written 2>/dev/null && wrote=yes
+echo "written by $(cat /proc/sys/kernel/hostname)" >> /MARK 2>/dev/null && wrote=yes
 dev=$(ip -4 -o route show default | awk '{print $5; exit}')
 [ -n "$dev" ] || dev=$(ip -4 -o addr show scope global | awk '{print $2; exit}')
 ip=$(ip -4 -o addr show dev "$dev" scope global | awk '{split($4, a, "/"); print a[1]; exit}')
@@ -138,12 +151,12 @@ dns=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf)
 mac=$(cat /sys/class/net/"$dev"/address)
 name=$(cat /proc/sys/kernel/hostname)
 {
-  echo "SIDUS-E2E root=$root_fs wrote=$wrote dev=$dev $lft"
+  echo "SIDUS-E2E root=$root_fs wrote=$wrote before=$before dev=$dev $lft"
   echo "SIDUS-MARKER ip=$ip hostname=$name domain=$domain dns=$dns mac=$mac cmdline=$(cat /proc/cmdline)"
 } > /dev/ttyS0
 sync
 systemctl poweroff
-"""
+""".replace("/MARK", "/" + MARK)
 PROBE_UNIT = """[Unit]
 Description=sidus end-to-end probe (tests only)
 After=multi-user.target
@@ -178,50 +191,68 @@ def e2e_line(serial: str) -> dict[str, str]:
     return {}
 
 
-@pytest.mark.qemu
-@pytest.mark.parametrize("mac", [CLIENT_MAC, MASTER_MAC], ids=["overlay-client", "master-rw"])
-def test_pxe_client_boots_the_shared_root(built, lab, start_appliance, tmp_path: Path, mac: str) -> None:
-    """A PXE client boots the instance over NFS (ganesha): / is an overlay whose writes stay in
-    RAM; the master MAC boots the same root read-write and its write lands on the server."""
-    from sidus_appliance.config import load_config
-    from sidus_appliance.lab import qemu
+# (firmware, MAC, boots), for each suite: the overlay client boots twice, the second boot being
+# its reboot.
+BOOTS = [
+    pytest.param("bios", CLIENT_MAC, 2, id="bios-overlay-client-reboot"),
+    pytest.param("bios", MASTER_MAC, 1, id="bios-master-rw"),
+    pytest.param("uefi", CLIENT_MAC, 2, id="uefi-overlay-client-reboot"),
+    pytest.param("uefi", MASTER_MAC, 1, id="uefi-master-rw"),
+]
 
-    require("the end-to-end boot", tools=(qemu.QEMU, *map(str, LOADERS.values()), *NEEDED))
+
+@pytest.mark.qemu
+@pytest.mark.parametrize(("firmware", "mac", "boots"), BOOTS)
+def test_pxe_client_boots_the_shared_root(built, firmware, mac: str, boots: int, lab, start_appliance,
+                                          tmp_path: Path) -> None:
+    """A PXE client (SeaBIOS+iPXE or OVMF+iPXE) boots the instance over NFS (ganesha): / is an
+    overlay whose writes stay in RAM, and its reboot finds the root as served; the master MAC
+    boots the same root read-write and its write lands on the server."""
+    from sidus_appliance import bootfiles
+    from sidus_appliance.config import load_config
+    from sidus_appliance.lab import qemu, write_lab_config
+
+    require("the end-to-end boot", tools=(qemu.QEMU, *NEEDED))
     _config, result, _ = built
     root = result.root
     install_probe(root)
-    written = root / "sidus-e2e-written"
+    written = root / MARK
     written.unlink(missing_ok=True)
     workdir = tmp_path / "appliance"
-    for name, src in LOADERS.items():
-        (workdir / "tftp" / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, workdir / "tftp" / name)
     overrides = {
         "instances": [{"name": "mini", "root": str(root), "append": "console=ttyS0", "modes": ["overlay"]}],
         "nfs": {"backend": "ganesha", "export_root": str(workdir / "export"), "home": str(workdir / "export/home"),
                 "ganesha_config": str(workdir / "state/ganesha.conf")},
     }
+    staged = bootfiles.install(load_config(write_lab_config(workdir, overrides)))  # as `bootfiles install` does
+    assert not staged.missing, str(staged)
     appliance = start_appliance(overrides, workdir=workdir)
     config = load_config(appliance.config_path)
+    reports: list[dict[str, str]] = []
     try:
         apply_in_netns(config, lambda m: None, lab.server_ns)
         tap = lab.add_tap()
-        boot = qemu.boot("bios", mac, tap, tmp_path / "qemu", lab.server_ns, accel="tcg",
-                         timeout=BOOT_TIMEOUT, memory_mb=1024)
+        for run in range(boots):
+            boot = qemu.boot(firmware, mac, tap, tmp_path / f"qemu-{run}", lab.server_ns, accel="tcg",
+                             timeout=BOOT_TIMEOUT, memory_mb=1024)
+            serial = boot.serial_log.read_text(errors="replace")
+            print(f"boot {run + 1}/{boots}:", boot.summary(), boot.attempts, boot.phases)
+            assert boot.ok, f"{boot.summary()}\n--- serial tail:\n{qemu.strip_ansi(serial)[-4000:]}"
+            assert boot.serial.boot_file == LOADER[firmware], boot.serial
+            reports.append(e2e_line(serial))
     finally:
         nfs.stop_ganesha(config, lambda m: None)
-    serial = boot.serial_log.read_text(errors="replace")
-    print(boot.summary(), boot.attempts, boot.phases)
-    assert boot.ok, f"{boot.summary()}\n--- serial tail:\n{qemu.strip_ansi(serial)[-4000:]}"
-    report = e2e_line(serial)
-    assert report.get("valid_lft") == "forever", report  # the DHCP address never expires
-    assert report.get("wrote") == "yes", report
+    for report in reports:
+        assert report.get("valid_lft") == "forever", report  # the DHCP address never expires
+        assert report.get("wrote") == "yes", report
     if mac == MASTER_MAC:
-        assert report.get("root") == "nfs", report  # read-write NFS root, no overlay
+        assert reports[0].get("root") == "nfs", reports  # read-write NFS root, no overlay
         assert written.exists()  # the master's write is on the server
         assert "sidus=" not in boot.marker.cmdline
     else:
-        assert report.get("root") == "overlay", report
+        assert all(r.get("root") == "overlay" for r in reports), reports
         assert not written.exists()  # the client's write stayed in its RAM
         assert "sidus=overlay" in boot.marker.cmdline.split()
+        # Every boot, the reboot included, starts from the root as served: nothing of the write before.
+        assert [r.get("before") for r in reports] == ["0"] * boots, reports
     written.unlink(missing_ok=True)
