@@ -41,6 +41,10 @@ PARTIAL_MARK = ".sidus-partial"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Suites whose instances keep apt's one-line /etc/apt/sources.list; later ones (trixie, forky,
+# sid, and the moving aliases) get deb822 debian.sources.
+ONE_LINE_SOURCES = frozenset({"stretch", "buster", "bullseye", "bookworm"})
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # from debian-archive-keyring, in minbase
 
 DRACUT_CONF = """\
 # sidus-appliance: one generic initramfs that boots the shared root over NFS on any machine.
@@ -148,6 +152,32 @@ def generate_password() -> str:
 def installed_kernels(root: Path) -> list[str]:
     modules = root / "lib" / "modules"
     return sorted(p.name for p in modules.glob("*") if (p / "modules.dep").exists()) if modules.is_dir() else []
+
+
+def _apt_suites(suite: str) -> tuple[list[str], bool]:
+    """(main mirror suites, has a security suite): sid has neither -updates nor -security."""
+    if suite in ("sid", "unstable"):
+        return [suite], False
+    return [suite, f"{suite}-updates"], True
+
+
+def one_line_sources(mirror: str, security_mirror: str, suite: str) -> str:
+    """/etc/apt/sources.list, the format of Debian 12 and before."""
+    suites, security = _apt_suites(suite)
+    lines = ["# sidus-appliance", *(f"deb {mirror} {s} main" for s in suites)]
+    if security:
+        lines.append(f"deb {security_mirror} {suite}-security main")
+    return "\n".join(lines) + "\n"
+
+
+def deb822_sources(mirror: str, security_mirror: str, suite: str) -> str:
+    """/etc/apt/sources.list.d/debian.sources, the format of Debian 13 (with Signed-By)."""
+    suites, security = _apt_suites(suite)
+    stanza = "Types: deb\nURIs: {uris}\nSuites: {suites}\nComponents: main\nSigned-By: " + DEBIAN_KEYRING + "\n"
+    text = "# sidus-appliance\n" + stanza.format(uris=mirror, suites=" ".join(suites))
+    if security:
+        text += "\n" + stanza.format(uris=security_mirror, suites=f"{suite}-security")
+    return text
 
 
 def fstab_text(config: Config) -> str:
@@ -343,11 +373,15 @@ class Builder:
 
     def step_apt(self) -> None:
         etc = self.root / "etc" / "apt"
-        lines = ["# sidus-appliance", f"deb {self.mirror} {self.suite} main"]
-        if self.suite not in ("sid", "unstable"):
-            lines += [f"deb {self.mirror} {self.suite}-updates main",
-                      f"deb {self.security_mirror} {self.suite}-security main"]
-        (etc / "sources.list").write_text("\n".join(lines) + "\n")
+        if self.suite in ONE_LINE_SOURCES:
+            (etc / "sources.list").write_text(one_line_sources(self.mirror, self.security_mirror, self.suite))
+        else:
+            # trixie's apt deprecates sources.list lines without Signed-By: deb822 only, as Debian 13 has it.
+            (etc / "sources.list.d").mkdir(parents=True, exist_ok=True)
+            (etc / "sources.list.d" / "debian.sources").write_text(
+                deb822_sources(self.mirror, self.security_mirror, self.suite))
+            with contextlib.suppress(FileNotFoundError):
+                (etc / "sources.list").unlink()  # debootstrap's one line, now in debian.sources
         (etc / "apt.conf.d").mkdir(parents=True, exist_ok=True)
         (etc / "apt.conf.d" / "90sidus").write_text(
             '// sidus-appliance: a shared root stays lean\nAPT::Install-Recommends "false";\n'

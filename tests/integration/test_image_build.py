@@ -58,6 +58,13 @@ def test_build_produces_a_bootable_root(built) -> None:
     root = result.root
     suite = release_field(root, "SUITE")
     assert f"VERSION_ID=\"{CODENAMES[suite]}\"" in (root / "etc/os-release").read_text()
+    # apt's sources in the format of the suite's own apt (the packages step ran apt-get update on them).
+    deb822 = root / "etc/apt/sources.list.d/debian.sources"
+    if suite == "bookworm":
+        assert (root / "etc/apt/sources.list").read_text().startswith("# sidus-appliance\ndeb ")
+        assert not deb822.exists()
+    else:
+        assert deb822.read_text().count("Signed-By:") == 2 and not (root / "etc/apt/sources.list").exists()
     assert result.kernels and (root / "boot" / f"vmlinuz-{result.kernels[0]}").exists()
     assert all((root / image.builder.STAMP_DIR / step).exists() for step in image.STEPS)
     assert chrootenv.mounts_under(root) == []

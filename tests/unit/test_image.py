@@ -118,6 +118,27 @@ def test_apt_and_dracut_module_steps(config) -> None:
     assert os.access(module / "sidus-overlay.sh", os.X_OK)
     conf = (root / "etc/dracut.conf.d/90-sidus.conf").read_text()
     assert 'add_dracutmodules+=" network-legacy nfs sidus "' in conf and 'hostonly="no"' in conf
+    assert not (root / "etc/apt/sources.list.d/debian.sources").exists()
+
+
+def test_trixie_gets_deb822_sources(config) -> None:
+    """trixie's apt deprecates one-line entries without Signed-By: debootstrap's line is replaced."""
+    root = image.instance_root(config, "trixie")
+    (root / "etc" / "apt").mkdir(parents=True)
+    (root / "etc/apt/sources.list").write_text("deb http://deb.debian.org/debian trixie main\n")
+    builder = b.Builder(config, "trixie", "trixie", log=lambda m: None, mirror="http://m.example/debian",
+                        security_mirror="http://m.example/debian-security")
+    builder.step_apt()
+    assert not (root / "etc/apt/sources.list").exists()
+    stanzas = (root / "etc/apt/sources.list.d/debian.sources").read_text().split("\n\n")
+    assert stanzas[0].splitlines()[1:] == [
+        "Types: deb", "URIs: http://m.example/debian", "Suites: trixie trixie-updates", "Components: main",
+        f"Signed-By: {b.DEBIAN_KEYRING}",
+    ]
+    assert "URIs: http://m.example/debian-security\nSuites: trixie-security\n" in stanzas[1]
+    assert len(stanzas) == 2
+    sid = b.deb822_sources("http://m.example/debian", "http://m.example/debian-security", "sid")
+    assert "Suites: sid\n" in sid and "security" not in sid
 
 
 def test_verify_listing() -> None:
@@ -134,6 +155,17 @@ def test_verify_listing() -> None:
     assert missing == ["sidus pre-pivot hook"]
     no_protocols = good.replace("etc/protocols", "etc/protocols.bak")
     assert b.verify_listing(no_protocols) == ["/etc/protocols (mount.nfs needs it)"]
+    # trixie: kernel 6.12 modules are xz-compressed, dracut 106 keeps its hooks under var/lib.
+    trixie = "\n".join([
+        "-rw-r--r-- 1 root root 1 Jan 1 usr/lib/modules/6.12.118+deb13-amd64/kernel/fs/overlayfs/overlay.ko.xz",
+        "-rwxr-xr-x 1 root root 1 Jan 1 var/lib/dracut/hooks/pre-pivot/20-sidus-overlay.sh",
+        "-rwxr-xr-x 1 root root 1 Jan 1 usr/sbin/dhclient-script.dracut",
+        "-rwsr-xr-x 1 root root 1 Jan 1 usr/sbin/mount.nfs",
+        "-rw-r--r-- 1 root root 1 Jan 1 usr/lib/modules/6.12.118+deb13-amd64/kernel/fs/nfs/nfs.ko.xz",
+        "-rw-r--r-- 1 root root 1 Jan 1 etc/protocols",
+    ])
+    assert b.verify_listing(trixie) == []
+    assert b.verify_listing(trixie.replace("nfs.ko.xz", "nfsv3.ko.xz")) == ["nfs module"]
 
 
 def test_refuses_a_foreign_directory(config) -> None:
