@@ -158,7 +158,7 @@ dns=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf)
 mac=$(cat /sys/class/net/"$dev"/address)
 name=$(cat /proc/sys/kernel/hostname)
 {
-  echo "SIDUS-E2E root=$root_fs wrote=$wrote before=$before dev=$dev $lft"
+  echo "SIDUS-E2E root=$root_fs wrote=$wrote before=$before machine_id=$(cat /etc/machine-id) dev=$dev $lft"
   echo "SIDUS-MARKER ip=$ip hostname=$name domain=$domain dns=$dns mac=$mac cmdline=$(cat /proc/cmdline)"
 } > /dev/ttyS0
 sync
@@ -262,4 +262,8 @@ def test_pxe_client_boots_the_shared_root(built, firmware, mac: str, boots: int,
         assert "sidus=overlay" in boot.marker.cmdline.split()
         # Every boot, the reboot included, starts from the root as served: nothing of the write before.
         assert [r.get("before") for r in reports] == ["0"] * boots, reports
+        # ... and each boot is a machine of its own: not the master's machine ID, nor the last boot's.
+        ids = [r.get("machine_id") for r in reports]
+        assert all(ids) and len(set(ids)) == boots, ids
+        assert (root / "etc/machine-id").read_text().strip() not in ids
     written.unlink(missing_ok=True)

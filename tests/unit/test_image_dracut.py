@@ -92,6 +92,20 @@ def test_overlay_mode(tmp_path: Path) -> None:
     assert "rc=0" in out
 
 
+@pytest.mark.parametrize("mode", ["", "overlay", "aufs"])
+def test_a_client_never_keeps_the_master_machine_id(tmp_path: Path, mode: str) -> None:
+    """The master (no sidus=) keeps the ID it committed; an overlay client blanks it in its RAM layer."""
+    etc = tmp_path / "sysroot" / "etc"
+    etc.mkdir(parents=True)
+    (etc / "machine-id").write_text("6097fc246d4d49e6a27d2c8e328bd3a2\n")
+    _, out = run_fake(tmp_path, mode=mode)
+    assert "rc=0" in out
+    assert (etc / "machine-id").read_text() == ("" if mode else "6097fc246d4d49e6a27d2c8e328bd3a2\n")
+    (etc / "machine-id").write_text("")  # as the builder leaves it: nothing to do, nothing said
+    _, out = run_fake(tmp_path, mode=mode)
+    assert (etc / "machine-id").read_text() == "" and "machine ID" not in out
+
+
 def test_default_tmpfs_size(tmp_path: Path) -> None:
     calls, _ = run_fake(tmp_path, mode="overlay")
     assert "mount -t tmpfs -o mode=0755,size=50% sidus-rw B/rw" in calls
@@ -125,6 +139,8 @@ def test_real_overlay_over_a_read_only_root(tmp_path: Path) -> None:
     server = tmp_path / "server-root"
     (server / "etc").mkdir(parents=True)
     (server / "etc" / "motd").write_text("shared\n")
+    (server / "etc" / "machine-id").write_text("6097fc246d4d49e6a27d2c8e328bd3a2\n")  # the master's
+    (server / "etc" / "machine-id").chmod(0o444)
     newroot = tmp_path / "sysroot"
     newroot.mkdir()
     script = f"""
@@ -140,6 +156,7 @@ cat "{newroot}/etc/motd"
 cat "{tmp_path}/run-sidus/lower/etc/motd"
 ls "{tmp_path}/run-sidus/rw/upper"
 grep " {newroot} " /proc/self/mountinfo | tail -1
+echo "machine-id=[$(cat "{newroot}/etc/machine-id")]"
 """
     env = {"PATH": os.environ["PATH"], "NEWROOT": str(newroot), "SIDUS_BASE": str(tmp_path / "run-sidus"),
            "T_MODE": "overlay", "T_SIZE": "16m"}
@@ -152,6 +169,8 @@ grep " {newroot} " /proc/self/mountinfo | tail -1
     assert "written-by-client" in lines[2:]
     assert " - overlay sidus " in result.stdout
     assert (server / "etc" / "motd").read_text() == "shared\n"
+    assert "machine-id=[]" in lines  # blanked in RAM: systemd makes the client an ID of its own
+    assert (server / "etc" / "machine-id").read_text() == "6097fc246d4d49e6a27d2c8e328bd3a2\n"
     assert not (server / "written-by-client").exists()
     assert str(newroot) not in Path("/proc/self/mountinfo").read_text()  # nothing leaked to the host
 

@@ -8,10 +8,25 @@
 #   /run/sidus/rw     the tmpfs holding upper/ (every change since boot) and work/
 #
 # Options: sidus.size=SIZE  tmpfs size (default 50% of RAM, as tmpfs itself).
+#
+# Each client is a machine of its own: a machine ID found in the shared root is blanked in the
+# RAM layer, so systemd makes a fresh one every boot (see sidus_own_machine_id).
 # This file is sourced by dracut's hook runner: no `exit` at top level.
 
 # shellcheck source=/dev/null
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+
+# The builder leaves /etc/machine-id empty, but the master's read-write boot commits its own ID
+# there at the end of its first boot (systemd-machine-id-commit), and so does systemd's postinst
+# on an upgrade: every client would then share the master's ID (journal, D-Bus, DHCP DUIDs).
+sidus_own_machine_id() {
+    [ -s "$NEWROOT/etc/machine-id" ] || return 0
+    if : > "$NEWROOT/etc/machine-id"; then
+        info "sidus: the shared root's machine ID blanked in RAM; systemd makes this boot its own"
+    else
+        warn "sidus: cannot blank /etc/machine-id; this client shares the master's machine ID"
+    fi
+}
 
 sidus_overlay() {
     _sidus_mode=$(getarg sidus=)
@@ -48,6 +63,7 @@ sidus_overlay() {
         if modprobe aufs > /dev/null 2>&1 \
             && mount -t aufs -o "br=$_sidus_base/rw/upper=rw:$_sidus_base/lower=ro" sidus "$NEWROOT"; then
             info "sidus: / is aufs over the NFS root, changes in RAM"
+            sidus_own_machine_id
             return 0
         fi
         warn "sidus: aufs is not available in this kernel; using overlay"
@@ -62,6 +78,7 @@ sidus_overlay() {
         return 1
     fi
     info "sidus: / is an overlay over the NFS root, changes in RAM (tmpfs size=$_sidus_size)"
+    sidus_own_machine_id
     return 0
 }
 
