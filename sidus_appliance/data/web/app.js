@@ -182,6 +182,11 @@ function niceStep(span) {
   return 7200;
 }
 
+function tickLabel(t, step) {
+  if (t < 60 || step < 60) return step < 1 ? `${t.toFixed(1)} s` : `${Math.round(t)} s`;
+  return t % 3600 === 0 ? `${t / 3600} h` : `${Math.round(t / 60)} min`;
+}
+
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -240,7 +245,9 @@ function renderTimeline() {
     const details = [seconds(length), bytes(phase.bytes), phase.transport || "",
       phase.retransmits ? `${phase.retransmits} resent` : ""].filter(Boolean);
     bar.title = `${PHASE_NAMES[phase.phase] || phase.phase}: ${details.join(", ")} (from ${seconds(from)})`;
-    const label = element("span", "bar-label", `${PHASE_NAMES[phase.phase] || phase.phase} ${details.join(" · ")}`);
+    // The lane names the phase on screen; the label repeats it for screen readers and copy/paste.
+    const label = element("span", "bar-label");
+    label.append(element("span", "sr-only", `${PHASE_NAMES[phase.phase] || phase.phase} `), details.join(" · "));
     const widthShare = length / axisEnd;
     if (widthShare < 0.3) {  // too narrow to hold its label: beside it, on the side with room
       label.classList.add(to / axisEnd > 0.65 ? "before" : "after");
@@ -257,6 +264,11 @@ function renderTimeline() {
     mark.style.left = pct(total);
     mark.title = `booted at ${seconds(total)}`;
     grid.append(mark);
+  } else if (row.state === "stuck") {
+    const mark = element("div", "marker stuck");
+    mark.style.left = pct(Math.min(lastEnd, axisEnd));
+    mark.title = `no progress since ${seconds(lastEnd)}`;
+    grid.append(mark);
   } else if (row.state === "booting") {
     const mark = element("div", "marker now");
     mark.style.left = pct(Math.min(total || 0, axisEnd));
@@ -268,7 +280,7 @@ function renderTimeline() {
   axis.append(element("div", "lane-label"));
   const ticks = element("div", "ticks");
   for (let t = 0; t <= axisEnd + 1e-9; t += step) {
-    const tick = element("span", "tick", seconds(t));
+    const tick = element("span", "tick", tickLabel(t, step));
     tick.style.left = pct(t);
     ticks.append(tick);
   }
