@@ -4,28 +4,30 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 Row = dict[str, Any]
 PHASES = ("pxe-dhcp", "loader", "menu", "kernel", "initrd", "system-dhcp")
 SIZES = {"loader": 42_379, "menu": 1_214, "kernel": 7_937_312, "initrd": 31_822_080}  # bytes a boot fetches
+GAP = 0.3  # seconds between one phase's last event and the next one's first
 
 
 def boot_row(mac: str, *, name: str, address: str, started: float, reached: int, booted: bool = False,
-             stuck: bool = False, step: float = 2.0) -> Row:
-    """A row whose boot reached the first `reached` phases, each `step` seconds long."""
-    phases = [
-        {"phase": phase, "start": started + i * step, "end": started + (i + 1) * step - 0.3,
-         "bytes": SIZES.get(phase, 0), "retransmits": 2 if phase == "initrd" else 0,
-         "transport": "tftp" if phase in SIZES else None}
-        for i, phase in enumerate(PHASES[:reached])
-    ]
+             stuck: bool = False, durations: Sequence[float] = (2.0,) * 6, firmware: str = "pxe", arch: int = 0,
+             loader: str = "pxelinux.0", profile: str = "default", retransmits: int = 0) -> Row:
+    """A row whose boot reached the first `reached` phases, lasting `durations` seconds each."""
+    phases, at = [], started
+    for phase, seconds in zip(PHASES[:reached], durations, strict=False):
+        phases.append({"phase": phase, "start": at, "end": at + seconds, "bytes": SIZES.get(phase, 0),
+                       "retransmits": retransmits if phase in ("kernel", "initrd") else 0,
+                       "transport": "tftp" if phase in SIZES else None})
+        at += seconds + GAP
     last = phases[-1]["end"] if phases else started
     state = "booted" if booted else "stuck" if stuck else "booting"
     return {
-        "mac": mac, "name": name, "address": address, "firmware": "pxe", "arch": 0, "loader": "pxelinux.0",
-        "profile": "default", "state": state, "phase": phases[-1]["phase"] if phases else None,
+        "mac": mac, "name": name, "address": address, "firmware": firmware, "arch": arch, "loader": loader,
+        "profile": profile, "state": state, "phase": phases[-1]["phase"] if phases else None,
         "stuck_at": phases[-1]["phase"] if stuck else None, "started": started, "duration": last - started,
         "last_seen": last, "phases": phases,
     }
