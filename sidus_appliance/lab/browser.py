@@ -143,13 +143,16 @@ class Browser:
                 self.send("Browser.close", timeout=3, in_page=False)
         if process is not None:
             _end(process)
-        for fd in (self._to_browser, self._from_browser):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._to_browser = self._from_browser = None
+        if self._to_browser is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._to_browser)
+        # The reader sees EOF once every chromium process is gone; only then is its descriptor
+        # closed (closed under a blocked read, its number could go to a file the reader then reads).
         if self._reader is not None:
             self._reader.join(timeout=5)
+        if self._from_browser is not None and not (self._reader and self._reader.is_alive()):
+            os.close(self._from_browser)
+        self._to_browser = self._from_browser = None
         if self.profile is not None:
             shutil.rmtree(self.profile, ignore_errors=True)
         self.process = self.profile = self.session = self._reader = None

@@ -15,6 +15,7 @@ HEAD gets 405. With `management.token` set, every request (assets included) must
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import html
 import json
@@ -95,7 +96,8 @@ class ManagementService:
         self.feed.close()  # event streams see it and end
         runner, self.runner = self.runner, None
         if runner is not None:
-            self.closed = asyncio.get_running_loop().create_task(runner.cleanup())
+            with contextlib.suppress(RuntimeError):  # no loop running: nothing left to clean up with
+                self.closed = asyncio.get_running_loop().create_task(runner.cleanup())
 
     async def wait_closed(self) -> None:
         """For tests and tools: until close() has released the port."""
