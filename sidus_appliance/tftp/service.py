@@ -437,7 +437,7 @@ class TftpService:
         request = decision.request
         assert request is not None
         try:
-            resolved = self.tree.resolve(request.filename, request.mode == "netascii")
+            resolved = self.tree.resolve(request.filename, request.mode == "netascii", addr[0])
         except TreeError as exc:
             self._log_tree_error(addr, request.filename, exc)
             self._error(addr, exc.code, exc.message)
