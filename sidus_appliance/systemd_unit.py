@@ -125,6 +125,15 @@ def useradd_argv(name: str, state_dir: Path, root: Path) -> list[str]:
 # --------------------------------------------------------------------------- readability
 
 
+def permission_bits(info: os.stat_result, account: Account) -> int:
+    """rwx (as 0o7) that apply to `account`: the owner's, the group's or everyone's."""
+    if info.st_uid == account.uid:
+        return (info.st_mode >> 6) & 0o7
+    if info.st_gid == account.gid or info.st_gid in account.groups:
+        return (info.st_mode >> 3) & 0o7
+    return info.st_mode & 0o7
+
+
 def first_denied(path: Path, account: Account, execute: bool = False) -> tuple[Path, str] | None:
     """The first component of `path` that `account` cannot enter (a directory above it) or read
     (or run, with `execute`), judged from the permission bits, with what it cannot do; None if
@@ -142,13 +151,7 @@ def first_denied(path: Path, account: Account, execute: bool = False) -> tuple[P
             need, verb = stat.S_IROTH | stat.S_IXOTH, "read"
         else:
             need, verb = (stat.S_IROTH | stat.S_IXOTH, "run") if execute else (stat.S_IROTH, "read")
-        if info.st_uid == account.uid:
-            bits = (info.st_mode >> 6) & 0o7
-        elif info.st_gid == account.gid or info.st_gid in account.groups:
-            bits = (info.st_mode >> 3) & 0o7
-        else:
-            bits = info.st_mode & 0o7
-        if bits & need != need:
+        if permission_bits(info, account) & need != need:
             mode = stat.S_IMODE(info.st_mode)
             return part, f"mode {mode:o}, owner uid {info.st_uid}: {account.name} cannot {verb} it"
     return None
