@@ -173,9 +173,14 @@ def hidden_by_protect_home(path: Path) -> Path | None:
 def service_problems(config: Config, config_path: Path, exec_argv: list[str], account: Account | None) -> list[str]:
     """What would keep the unit from starting: files under /home or /root (ProtectHome=yes
     hides them), files the service user cannot read."""
-    wanted: list[tuple[str, Path, bool]] = [("ExecStart", Path(exec_argv[0]), True),
-                                            ("interpreter", Path(os.path.realpath(sys.executable)), True),
-                                            ("config", config_path, False)]
+    wanted: list[tuple[str, Path, bool]] = [
+        ("ExecStart", Path(exec_argv[0]), True),
+        ("interpreter", Path(os.path.realpath(sys.executable)), True),
+        ("Python's standard library", Path(sys.base_prefix), False),  # a venv's copied python needs it
+        ("Python environment", Path(sys.prefix), False),
+        ("package", Path(__file__).parent, False),  # an editable install: the source tree
+        ("config", config_path, False),
+    ]
     if config.tftp.enabled or config.http.enabled:
         wanted.append(("tftp.root", config.tftp.root, False))
     wanted += [(f"instance {inst.name}", inst.root, False) for inst in config.instances]
@@ -184,7 +189,8 @@ def service_problems(config: Config, config_path: Path, exec_argv: list[str], ac
         hidden = hidden_by_protect_home(Path(os.path.realpath(path)))
         if hidden is not None:
             problems.append(f"{what}: {path} is under {hidden}, which ProtectHome=yes hides from the service; "
-                            "install sidus-appliance elsewhere (e.g. a venv in /opt/sidus-appliance)")
+                            "install sidus-appliance with a Python outside /home and /root "
+                            "(e.g. Debian's python3 and a venv in /opt/sidus-appliance)")
             continue
         reason = unreadable(path, account, execute) if account is not None else None
         if reason is not None:
