@@ -99,7 +99,11 @@ def start_as_unit(lab: Lab, workdir: Path, notify: socket.socket,
     os.chown(state, *unit_user())  # what `service install` does
     appliance = appliance_class(lab, config, workdir / "serve.log", notify_socket=notify.getsockname(),
                                 capabilities=capabilities)
-    return appliance.start(timeout=90)
+    try:
+        return appliance.start(timeout=90)
+    except BaseException:
+        appliance.stop()  # ends it by PID if still there, and removes its stage directory
+        raise
 
 
 def unit_user() -> tuple[int, int]:
