@@ -6,14 +6,15 @@ datagram of its NOTIFY socket to `received(data, source)`. Times are plain numbe
 loop's clock), query IDs come from an injected source; nothing here touches a socket.
 
 The whole policy, per (secondary, zone):
-- a change is announced at once, unless that secondary was sent a NOTIFY for that zone less than
-  `spacing` ago: then when the spacing ends, with the latest SOA. A boot storm (a zone rebuild
+- a change is announced at once, unless that secondary was sent a new NOTIFY (not a
+  retransmission) for that zone less than `spacing` ago: then when the spacing ends, with the
+  latest SOA. A boot storm (a zone rebuild
   every 0.1 s) costs each secondary about one NOTIFY per zone per `spacing`, and the last one
   always carries the final serial (whatever it asks for, it gets the current zone anyway);
 - a NOTIFY nobody answered goes again after `timeout`, doubling each time, `tries` times in all
   (1 + 2 + 4 + 8 + 16 s by default), then is given up and reported; the next change starts again.
   A new change while one is unanswered replaces it (new ID, tries counted afresh), still no
-  sooner than `spacing` after the last send: a dead secondary costs at most one datagram per
+  sooner than `spacing` after the last new one: a dead secondary costs at most one datagram per
   zone per `spacing` during a storm, and `tries` datagrams per change after it;
 - the answer that counts has the ID of the latest NOTIFY, comes from the secondary's address
   and port and names the zone (RFC 1996 §3.6); an error rcode in it (REFUSED, NOTAUTH: the
@@ -77,7 +78,7 @@ class _Announcement:
     message: bytes = b""
     attempts: int = 0
     due: float = math.inf
-    last_sent: float = -math.inf
+    last_new: float = -math.inf  # when the last new NOTIFY (first try) left: spacing counts from it
 
 
 def _serial(soa: RR) -> int:
@@ -111,7 +112,7 @@ class Notifier:
                 state = self._state.setdefault((target, _apex(soa)), _Announcement())
                 self._forget_flight(state)  # superseded: a late answer to it no longer counts
                 state.soa, state.attempts = soa, 0
-                state.due = max(now, state.last_sent + self.spacing)
+                state.due = max(now, state.last_new + self.spacing)
 
     def deadline(self) -> float | None:
         """When `poll` has something to do next (None: nothing pending)."""
@@ -134,8 +135,8 @@ class Notifier:
                 state.serial = _serial(state.soa)
                 state.message = notify_message(state.qid, state.soa)
                 self._in_flight[state.qid] = (target, apex)
+                state.last_new = now
             state.attempts += 1
-            state.last_sent = now
             state.due = now + self.timeout * 2 ** (state.attempts - 1)
             out.append(Datagram(state.message, target, apex, state.serial, state.attempts))
         return out, ended

@@ -177,6 +177,16 @@ def test_a_change_replaces_an_unanswered_notify_spaced_and_bounded() -> None:
     assert count <= 10 + NOTIFY_TRIES
 
 
+def test_spacing_counts_from_the_last_new_notify_not_from_retransmissions() -> None:
+    """A secondary down when we started: retransmissions go on, a change is not held back by them."""
+    n = notifier((BIND,))
+    n.changed(soas(7, (FORWARD,)), now=0.0)
+    assert [d.attempt for d in n.poll(0.0)[0]] == [1]
+    assert [d.attempt for d in n.poll(1.0)[0]] == [2]
+    n.changed(soas(8, (FORWARD,)), now=1.2)
+    assert [(d.serial, d.attempt) for d in n.poll(1.2)[0]] == [(8, 1)]
+
+
 def test_reconfigured_targets() -> None:
     n = notifier((BIND,))
     n.changed(soas(7, (FORWARD,)), now=0.0)
