@@ -35,21 +35,22 @@ def content_changes(old: Content, new: Content) -> tuple[set[Rec], set[Rec]]:
     """(deleted, added): the records of `old` that `new` lacks, and the other way round.
 
     With the same config part (every lease change), only the leases' records and the pool PTRs
-    they hide can differ, so the cost follows the leases, not the pool."""
+    they hide can differ, so the cost follows the leases, not the pool: for 60,000 bound leases
+    (a /16) about what the rebuild's own equality test costs (~0.1-0.2 s on our loaded box, where
+    building that content takes ~1 s)."""
     if old.static is not new.static:
         before, after = set(old), set(new)
         return before - after, after - before
+    # Lookups, not item-view set operations: those hash every (key, ttl) pair again (~10x slower).
+    before, after = old.dynamic, new.dynamic
+    deleted = {(key[0], key[1], ttl, key[2]) for key, ttl in before.items() if after.get(key) != ttl}
+    added = {(key[0], key[1], ttl, key[2]) for key, ttl in after.items() if before.get(key) != ttl}
     index = old.static.index
-    hideable = old.hidden | new.hidden
-
-    def variable(content: Content) -> set[Rec]:
-        out = {(owner, rtype, ttl, rdata) for (owner, rtype, rdata), ttl in content.dynamic.items()}
-        for owner in hideable - content.hidden:  # pool PTRs showing in this version
-            out.update(index.get(owner, {}).get(QTYPE.PTR, ()))
-        return out
-
-    before, after = variable(old), variable(new)
-    return before - after, after - before
+    for owner in new.hidden - old.hidden:  # a lease's name took the place of the pool name's PTR
+        deleted.update(index.get(owner, {}).get(QTYPE.PTR, ()))
+    for owner in old.hidden - new.hidden:  # and gave it back
+        added.update(index.get(owner, {}).get(QTYPE.PTR, ()))
+    return deleted, added
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from ipaddress import IPv4Network
 
 import pytest
 from dnslib import NS, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sidus_appliance.config import Config
 from sidus_appliance.dhcp.leases import Lease
 from sidus_appliance.dns.server import DnsServer, Policy
-from sidus_appliance.dns.xfr import Journal, serial_newer
+from sidus_appliance.dns.xfr import Journal, content_changes, serial_newer
 from sidus_appliance.dns.zone import Zone, ZoneBuilder
 
 from .test_dns_helpers import config, lease
@@ -261,3 +263,36 @@ def test_set_zone_reports_changed_zones_only() -> None:
     assert v.swap([]) == frozenset()  # a serial bump with nothing new (a reload): no zone changed
     zone: Zone = v.core.zone
     assert v.core.set_zone(zone, warm=False) == frozenset()
+
+
+SMALL_POOL = config(dhcp={"pool": {"start": "10.20.17.10", "end": "10.20.17.17"}})
+# A lease: (last octet, client name or None, bound?). Names repeat on purpose: contested names.
+lease_sets = st.lists(st.tuples(st.integers(10, 17), st.sampled_from([None, "pc1", "pc2", "master", "dhcp-12", "x"]),
+                                st.booleans()), max_size=8)
+
+
+def leases_of(spec: list[tuple[int, str | None, bool]]) -> list[Lease]:
+    chosen = {octet: (client, bound) for octet, client, bound in spec}  # one lease per address
+    return [lease(f"10.20.17.{octet}", f"dhcp-{octet}", client, "bound" if bound else "offered")
+            for octet, (client, bound) in chosen.items()]
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(lease_sets, min_size=1, max_size=6))
+def test_any_history_ixfr_from_any_past_serial_yields_the_current_zone(history: list) -> None:
+    v = Versions(SMALL_POOL)
+    contents = [v.core.zone.content]
+    for spec in history:
+        v.swap(leases_of(spec))
+        old, new = contents[-1], v.core.zone.content
+        assert content_changes(old, new) == (set(old) - set(new), set(new) - set(old))  # fast path = sets
+        contents.append(new)
+    for serial in range(100, v.serial + 1):
+        for apex in (FORWARD, REVERSE):
+            answer = v.ixfr(apex, serial)
+            if serial == v.serial:
+                assert [r[1] for r in answer] == ["SOA"]
+            elif answer[1][1] == "SOA":
+                assert apply_ixfr(v.copies[serial][apex], answer) == as_set(v.copies[v.serial][apex])
+            else:
+                assert answer == v.copies[v.serial][apex]
