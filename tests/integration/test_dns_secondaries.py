@@ -96,27 +96,27 @@ class Secondary:
     port: ClientPort
     address: str
     process: subprocess.Popen[str]
-    log: Path
+    logs: tuple[Path, ...]  # its own log, then what it wrote on stdout/stderr
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "".join(log.read_text(errors="replace") for log in self.logs if log.exists())
 
 
 def start_secondary(name: str, port: ClientPort, address: str, workdir: Path) -> Secondary:
     workdir.mkdir(parents=True)
     if name == "bind":
         (workdir / "named.conf").write_text(named_conf(workdir))
-        command = ["named", "-g", "-4", "-n", "1", "-c", str(workdir / "named.conf")]
-        log = workdir / "named.log"
+        command = ["named", "-g", "-4", "-n", "1", "-c", str(workdir / "named.conf")]  # -g: log to stderr
+        logs: tuple[Path, ...] = (workdir / "stdout.log",)
     else:
         for sub in ("db", "zones"):
             (workdir / sub).mkdir()
         (workdir / "knot.conf").write_text(knot_conf(workdir))
         command = ["knotd", "-c", str(workdir / "knot.conf")]
-        log = workdir / "knot.log"
+        logs = (workdir / "knot.log", workdir / "stdout.log")
     with open(workdir / "stdout.log", "w") as out:
         process = port.popen(command, stdout=out, stderr=subprocess.STDOUT)
-    return Secondary(name, port, address, process, log if name == "knot" else workdir / "stdout.log")
+    return Secondary(name, port, address, process, logs)
 
 
 def dig(port: ClientPort, server: str, *args: str) -> list[str]:
@@ -179,7 +179,8 @@ def ack_time(log: str, mac: str) -> float:
 
 
 class FirstAnswer(threading.Thread):
-    """Asks one secondary every POLL seconds until `expected` comes back; notes when it did."""
+    """Asks one secondary every POLL seconds until `expected` comes back; notes when it did (when
+    the dig that got it returned: an upper bound, process start-up included)."""
 
     def __init__(self, secondary: Secondary, args: tuple[str, ...], expected: list[str], timeout: float) -> None:
         super().__init__(daemon=True)
@@ -197,19 +198,20 @@ class FirstAnswer(threading.Thread):
             time.sleep(POLL)
 
 
-def test_a_new_lease_resolves_on_bind_and_knot_within_2_seconds_of_its_ack(secondaries: SecondaryLab) -> None:
+def test_a_new_lease_resolves_on_bind_and_knot_within_2_seconds_of_its_ack(
+    secondaries: SecondaryLab, capsys: pytest.CaptureFixture[str]
+) -> None:
     wait_loaded(secondaries)
     bind, knot = secondaries.bind, secondaries.knot
     client = secondaries.lab.add_client()
     fqdn = f"{HOSTNAME}.sidus.zone"
     assert dig(bind.port, bind.address, fqdn) == [] and dig(knot.port, knot.address, fqdn) == []
-    # The A record is asked for from before the lease (its name is known); the PTR once the
-    # address is. Polls run side by side, one thread per question and secondary.
     env = run_udhcpc(client, secondaries.workdir / "udhcpc", hostname=HOSTNAME)
+    returned = time.time()  # polling starts here: the name may well be there already
     address = env["ip"]
     acked = ack_time(secondaries.appliance.log(), client.mac)
-    polls = [FirstAnswer(s, args, expected, timeout=15) for s in (bind, knot)
-             for args, expected in (((fqdn,), [address]), (("-x", address), [f"{fqdn}."]))]
+    # One dig asks both questions (A, then PTR); one thread per secondary, side by side.
+    polls = [FirstAnswer(s, (fqdn, "A", "-x", address), [address, f"{fqdn}."], timeout=15) for s in (bind, knot)]
     for poll in polls:
         poll.start()
     for poll in polls:
@@ -218,9 +220,11 @@ def test_a_new_lease_resolves_on_bind_and_knot_within_2_seconds_of_its_ack(secon
     for poll in polls:
         assert poll.at is not None, f"{poll.secondary.name} never answered {poll.args} with {poll.expected}: " \
                                     f"{poll.last}\n{poll.secondary.log_text()}"
-        took[poll.secondary.name] = max(took.get(poll.secondary.name, 0.0), poll.at - acked)
-    print(f"\nname {fqdn} ({address}) resolvable, A and PTR, after the ACK: "
-          + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in took.items()))
+        took[poll.secondary.name] = poll.at - acked
+    with capsys.disabled():  # the figure the issue asks about, shown in every run
+        print(f"\nname {fqdn} ({address}) resolvable, A and PTR, after the ACK: "
+              + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in took.items())
+              + f" (udhcpc itself returned {returned - acked:.2f} s after it)")
     assert all(seconds < DEADLINE for seconds in took.values()), took
 
     knot_log, bind_log = knot.log_text(), bind.log_text()
