@@ -108,6 +108,9 @@ class DnsConfig:
     upstreams: tuple[tuple[str, int], ...] = ()
     recursion_allowed: tuple[IPv4Network, ...] = ()  # empty: the lab subnet only
     transfer_allowed: tuple[IPv4Network, ...] = ()  # AXFR; empty: nobody
+    # Secondaries told of each new serial (RFC 1996 NOTIFY), as (address, port). Absent from the
+    # YAML: every single-host (/32) network of transfer_allowed, port 53.
+    notify: tuple[tuple[str, int], ...] = ()
     forward_timeout: float = 2.0
     records: tuple[DnsRecord, ...] = ()
     tcp_max_connections: int = 128  # TCP clients at once, all sources together
@@ -554,6 +557,7 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
             "upstream",
             "recursion_allowed",
             "transfer_allowed",
+            "notify",
             "forward_timeout",
             "records",
             "tcp_max_connections",
@@ -563,6 +567,8 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
     )
     up = p + ("upstream",)
     upstreams = tuple(_upstream(r, item, up + (i,)) for i, item in enumerate(r.sequence(d.get("upstream"), up)))
+    transfer = r.networks(d.get("transfer_allowed"), p + ("transfer_allowed",))
+    notify = _notify_targets(r, d, p, transfer)
     records = []
     rp = p + ("records",)
     for i, item in enumerate(r.sequence(d.get("records"), rp)):
@@ -590,13 +596,32 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
         ttl=r.integer(d.get("ttl", 3600), p + ("ttl",), 0, 2**31 - 1),
         upstreams=upstreams,
         recursion_allowed=r.networks(d.get("recursion_allowed"), p + ("recursion_allowed",)) or (subnet,),
-        transfer_allowed=r.networks(d.get("transfer_allowed"), p + ("transfer_allowed",)),
+        transfer_allowed=transfer,
+        notify=notify,
         forward_timeout=r.number(d.get("forward_timeout", 2.0), p + ("forward_timeout",), 0.1, 60),
         records=tuple(records),
         tcp_max_connections=r.integer(d.get("tcp_max_connections", 128), p + ("tcp_max_connections",), 1, 65536),
         tcp_max_per_client=r.integer(d.get("tcp_max_per_client", 8), p + ("tcp_max_per_client",), 1, 65536),
         tcp_idle_timeout=r.number(d.get("tcp_idle_timeout", 10.0), p + ("tcp_idle_timeout",), 0.5, 300),
     )
+
+
+def _notify_targets(r: _Reader, d: dict[str, Any], p: tuple[Any, ...],
+                    transfer: tuple[IPv4Network, ...]) -> tuple[tuple[str, int], ...]:
+    """`dns.notify`, or by default the single hosts of transfer_allowed: a /24 there names
+    secondaries we could not guess, a /32 names exactly one."""
+    if "notify" not in d:
+        return tuple((str(net.network_address), 53) for net in transfer if net.prefixlen == 32)
+    np_ = p + ("notify",)
+    targets = []
+    for i, item in enumerate(r.sequence(d["notify"], np_)):
+        target = _upstream(r, item, np_ + (i,))
+        if not any(IPv4Address(target[0]) in net for net in transfer):
+            raise r.fail(np_ + (i,), f"{target[0]} is not in dns.transfer_allowed: told of a new serial, it "
+                                     "could not fetch the zone")
+        if target not in targets:
+            targets.append(target)
+    return tuple(targets)
 
 
 def _upstream(r: _Reader, item: Any, path: tuple[Any, ...]) -> tuple[str, int]:
@@ -845,6 +870,7 @@ def describe(config: Config) -> str:
         f"recursion for {', '.join(map(str, n.recursion_allowed))}, "
         f"axfr for {', '.join(map(str, n.transfer_allowed)) or 'nobody'}"
     )
+    lines.append(f"  notify     -> {', '.join(f'{a}:{port}' for a, port in n.notify) or 'nobody'}")
     lines.append(
         f"  tcp        -> {n.tcp_max_connections} connections, {n.tcp_max_per_client} per client, "
         f"idle timeout {n.tcp_idle_timeout:g}s"

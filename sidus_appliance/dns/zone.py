@@ -219,6 +219,10 @@ class Zone:
     def soa(self, apex: str) -> RR:
         return self._apex[apex][QTYPE.SOA][0]
 
+    def rr(self, rec: Rec) -> RR:
+        """One record as a dnslib RR (built once, shared with the builder's other zones)."""
+        return self._rr(rec)
+
     def lookup(self, name: str, qtype: int) -> Lookup | None:
         """Authoritative answer for `name` (lowercase, no dot); None when outside our zones."""
         apex = self.apex_of(name)

@@ -320,3 +320,33 @@ def test_bad_management_names_the_key_and_line(section: str, message: str | None
 def test_management_on_the_boot_port_is_fine_when_http_is_off() -> None:
     config = parse_config(BASE + "http: {enabled: false}\nmanagement: {listen: '10.20.17.254:80'}\n")
     assert config.management.port == 80
+
+
+def test_notify_defaults_to_the_single_hosts_of_transfer_allowed() -> None:
+    text = BASE + "dns:\n  transfer_allowed: [10.20.17.250/32, 10.20.17.0/28, 192.0.2.7]\n"
+    config = parse_config(text)
+    assert config.dns.notify == (("10.20.17.250", 53), ("192.0.2.7", 53))  # a bare address is a /32
+    assert "notify     -> 10.20.17.250:53, 192.0.2.7:53" in describe(config)
+    assert parse_config(BASE).dns.notify == ()
+    assert "notify     -> nobody" in describe(parse_config(BASE))
+    told = parse_config(text + "  notify: [10.20.17.3, '10.20.17.3', '10.20.17.4:5353']\n")
+    assert told.dns.notify == (("10.20.17.3", 53), ("10.20.17.4", 5353))  # duplicates told once
+    assert parse_config(text + "  notify: []\n").dns.notify == ()
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ("[10.20.17.99]", "cfg.yaml:7: dns.notify[0]: 10.20.17.99 is not in dns.transfer_allowed"),
+        ("\n    - 10.20.17.250\n    - '10.20.17.250:x'",
+         "cfg.yaml:9: dns.notify[1]: '10.20.17.250:x': port 'x' is not a whole number from 1 to 65535"),
+        ("[secondary.example.org]", "cfg.yaml:7: dns.notify[0]: 'secondary.example.org': 'secondary.example.org' is "
+                                    "not an IPv4 address"),
+        ("10.20.17.250", "cfg.yaml:7: dns.notify: expected a list, got str"),
+    ],
+)
+def test_bad_notify_targets_name_the_key_and_line(entries: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + "dns:\n  port: 53\n  transfer_allowed: [10.20.17.250/32]\n  notify: " + entries + "\n",
+                     "cfg.yaml")
+    assert message in str(caught.value)
