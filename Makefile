@@ -5,11 +5,12 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 APT       := ./scripts/apt-install
 
-# What the tests and the demo use: real DHCP/DNS/TFTP clients, PXE firmware, boot loaders,
+# What the tests and the demo use: real DHCP/DNS/TFTP clients, PXE firmware, boot loaders
+# (Debian's signed shim and GRUB for the Secure Boot clients),
 # a userspace NFS server (the kernel may have no nfsd) and debootstrap for the image builder.
 APT_TEST  := iproute2 python3-venv python3-dev gcc isc-dhcp-client udhcpc dnsutils curl \
              tftp-hpa atftp pxelinux syslinux-common syslinux-efi qemu-system-x86 ipxe-qemu \
-             ovmf busybox-static cpio procps \
+             ovmf shim-signed grub-efi-amd64-signed busybox-static cpio procps \
              nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common libnfs-utils shellcheck debootstrap
 # The reference servers the benchmarks compare us with (never started outside a namespace).
 APT_BENCH := dnsmasq-base kea-admin kea-dhcp4-server tftpd-hpa dnsperf
