@@ -82,11 +82,15 @@ def test_master_menu_detection() -> None:
 
 @pytest.mark.parametrize(
     ("firmware", "nic", "rom"),
-    [("bios", "e1000", "pxe-e1000.rom"), ("uefi", "e1000", "efi-e1000.rom"), ("uefi-native", "virtio-net-pci", "")],
+    [("bios", "e1000", "pxe-e1000.rom"), ("uefi", "e1000", "efi-e1000.rom"), ("uefi-native", "virtio-net-pci", ""),
+     ("uefi-secure", "virtio-net-pci", ""), ("uefi-http", "virtio-net-pci", ""),
+     ("uefi-secure-http", "virtio-net-pci", "")],
 )
 def test_command_line(firmware: qemu.Firmware, nic: str, rom: str, tmp_path: Path) -> None:
     ipxe = any((d / rom).exists() for d in qemu.IPXE_ROM_DIRS)
-    require("ipxe-qemu", root=False, ok=firmware == "uefi-native" or ipxe)
+    require("ipxe-qemu", root=False, ok=not rom or ipxe)
+    secure_ovmf = any(c.exists() and v.exists() for c, v in qemu.OVMF_SECURE_PAIRS)
+    require("ovmf (Secure Boot pair)", root=False, ok=firmware not in qemu.SECURE_FIRMWARES or secure_ovmf)
     ovmf = any(c.exists() for c, _ in qemu.OVMF_PAIRS) or any(p.exists() for p in qemu.OVMF_COMBINED)
     require("ovmf", root=False, ok=firmware == "bios" or ovmf)
     argv = qemu.build_command(firmware, "52:54:00:00:17:01", "tap0", tmp_path / "s.log", tmp_path, "tcg")
@@ -100,6 +104,40 @@ def test_command_line(firmware: qemu.Firmware, nic: str, rom: str, tmp_path: Pat
         assert device.endswith("romfile=")  # no iPXE: OVMF's own virtio-net driver and PXE stack
     assert ("pflash" in joined or "-bios" in argv) is (firmware != "bios")
     assert qemu.in_netns("ns1", ["x"]) == ["ip", "netns", "exec", "ns1", "x"]
+    secure = firmware in ("uefi-secure", "uefi-secure-http")
+    # Secure Boot: the Microsoft-keys pair, which only starts on q35 with SMM, its flash locked to SMM.
+    assert ("OVMF_CODE_4M.ms.fd" in joined or "OVMF_CODE.ms.fd" in joined) is secure
+    assert ("-machine" in argv and argv[argv.index("-machine") + 1] == "q35,smm=on") is secure
+    assert ("driver=cfi.pflash01,property=secure,value=on" in argv) is secure
+    # HTTP boot: OVMF's PXE drivers off, so HTTPv4 is the first boot option.
+    http = firmware in ("uefi-http", "uefi-secure-http")
+    assert ("name=opt/org.tianocore/IPv4PXESupport,string=n" in argv) is http
+    assert ("name=opt/org.tianocore/IPv6PXESupport,string=n" in argv) is http
+
+
+def test_secure_vars_are_a_fresh_copy_of_the_ms_store(tmp_path: Path) -> None:
+    require("ovmf", root=False, ok=all(c.exists() and v.exists() for c, v in qemu.OVMF_SECURE_PAIRS[:1]))
+    copy = tmp_path / "vars.fd"
+    copy.write_bytes(b"left over from an earlier boot")
+    args = qemu.ovmf_args(copy, secure=True)
+    code, template = qemu.OVMF_SECURE_PAIRS[0]
+    assert args == ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={copy}"]  # fmt: skip
+    assert copy.read_bytes() == template.read_bytes()
+
+
+def test_secure_firmware_missing_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No fallback to a -bios image: it cannot enforce Secure Boot, and a test would pass unenforced.
+    monkeypatch.setattr(qemu, "OVMF_SECURE_PAIRS", ((tmp_path / "no-code.fd", tmp_path / "no-vars.fd"),))
+    with pytest.raises(qemu.QemuError, match="Secure Boot"):
+        qemu.ovmf_args(tmp_path / "vars.fd", secure=True)
+
+
+def test_every_firmware_has_an_arch_and_a_nic() -> None:
+    assert set(qemu.FIRMWARE_ARCH) == set(qemu.FIRMWARES)
+    assert qemu.FIRMWARE_ARCH["uefi-secure"] == 7 and qemu.FIRMWARE_ARCH["uefi-http"] == 16
+    for firmware in qemu.NATIVE_FIRMWARES:
+        assert qemu.nic_device(firmware, "52:54:00:00:00:01").startswith("virtio-net-pci,")
 
 
 def test_unknown_firmware() -> None:
