@@ -42,7 +42,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
+from ..boot.kernels import parse_served_name
 from ..boot.model import Profile
 from .netns import end_process
 
@@ -129,17 +131,39 @@ def strip_ansi(text: str) -> str:
 class SerialReport:
     """What the firmware and boot loader said on the serial port, for reports and assertions."""
 
-    boot_file: str | None  # what the PXE stack fetched first (pxelinux.0, efi64/syslinux.efi)
+    boot_file: str | None  # what the firmware fetched first (pxelinux.0, efi64/shimx64.efi, an http:// URL)
     config_tried: tuple[str, ...]  # pxelinux.cfg/... lookups in order
     loaded: tuple[str, ...]  # kernel/initrd names the boot loader loaded
     firmware_ip: str | None  # the address the firmware/boot loader got
+    chained: tuple[str, ...] = ()  # second stages shim fetched (efi64/grubx64.efi)
+    secure_boot: bool | None = None  # what the EFI stub / kernel said; None: not said (BIOS, no kernel yet)
+    firmware_error: str | None = None  # OVMF's first refused boot option, e.g. '... : Access Denied'
 
 
 _FETCH_RES = (
     re.compile(r"NBP filename is (?P<f>\S+)"),  # OVMF PxeBcDxe
-    re.compile(r"tftp://[^/\s]+/(?P<f>\S+?)\.{3}"),  # iPXE: tftp://10.20.17.254/pxelinux.0... ok
+    re.compile(r"^ *URI: (?P<f>\S+)", re.MULTILINE),  # OVMF HttpBootDxe: "  URI: http://10.20.17.254/..."
+    re.compile(r"(?:tftp|https?)://[^/\s]+/(?P<f>\S+?)\.{3}"),  # iPXE: tftp://10.20.17.254/pxelinux.0... ok
     re.compile(r"Filename:\s*(?P<f>\S+)"),  # iPXE: "Filename: pxelinux.0"
 )
+# pxelinux "Loading vmlinuz-...@lab... ok" (a GRUB config echoing the same is read alike), or iPXE
+# fetching a served kernel/initrd by URL (it percent-encodes the '@': vmlinuz-...%40lab).
+_LOADED_RE = re.compile(r"Loading (?P<name>\S+?) ?\.{3}|(?:tftp|https?)://[^/\s]+/(?P<url>\S+?)\.{3}")
+_SECURE_BOOT_ON = re.compile(r"secureboot: Secure boot enabled|EFI stub: UEFI Secure Boot is enabled")
+_SECURE_BOOT_OFF = re.compile(r"secureboot: Secure boot disabled")
+# OVMF's boot manager on a boot option it could not start; Secure Boot refusals say "Access Denied".
+_FIRMWARE_ERROR_RE = re.compile(r'BdsDxe: failed to load (?P<option>Boot\w+ "[^"]*") from \S+: (?P<error>[^\n]+)')
+ACCESS_DENIED_RE = re.compile(r'BdsDxe: failed to load Boot\w+ "[^"]*" from \S+: Access Denied')
+
+
+def _loaded_names(text: str) -> tuple[str, ...]:
+    names = []
+    for m in _LOADED_RE.finditer(text):
+        if m.group("name"):
+            names.append(m.group("name"))
+        elif parse_served_name(name := unquote(m.group("url")).rsplit("/", 1)[-1]) is not None:
+            names.append(name)
+    return tuple(names)
 
 
 def parse_serial(text: str) -> SerialReport:
@@ -151,25 +175,32 @@ def parse_serial(text: str) -> SerialReport:
             boot_file = m.group("f")
             break
     tried = tuple(dict.fromkeys(re.findall(r"Trying to load: (\S+)", text)))
-    loaded = tuple(re.findall(r"Loading (\S+?)\.{3}", text))
     ip = None
     for rx in (
         re.compile(r"My IP address seems to be \S+ (\d+\.\d+\.\d+\.\d+)"),  # pxelinux
         re.compile(r"net\d: (\d+\.\d+\.\d+\.\d+)/"),  # iPXE
-        re.compile(r"Station IP address is (\d+\.\d+\.\d+\.\d+)"),  # OVMF
+        re.compile(r"Station IP address is (\d+\.\d+\.\d+\.\d+)"),  # OVMF (PXE and HTTP boot)
     ):
         m = rx.search(text)
         if m:
             ip = m.group(1)
             break
-    return SerialReport(boot_file, tried, loaded, ip)
+    chained = tuple(re.findall(r"Fetching Netboot Image (\S+)", text))  # shim
+    secure_boot = True if _SECURE_BOOT_ON.search(text) else False if _SECURE_BOOT_OFF.search(text) else None
+    m = _FIRMWARE_ERROR_RE.search(text)
+    error = f"{m.group('option')}: {m.group('error').strip()}" if m else None
+    return SerialReport(boot_file, tried, _loaded_names(text), ip, chained, secure_boot, error)
 
 
 # Boot phases as they show on the serial port, in order; the first line matching each is timed.
 PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("dhcp", re.compile(r"net\d: \d+\.\d+\.\d+\.\d+/|Station IP address is")),
-    ("loader", re.compile(r"PXELINUX \d|Getting cached packet|NBP file downloaded|syslinux\.efi : \d+ bytes")),
-    ("kernel", re.compile(r"Loading \S*vmlinuz")),
+    # The first boot program is in: pxelinux, OVMF starting a downloaded image (PXE or HTTP boot),
+    # iPXE's "<name> : <size> bytes [<type>]".
+    ("loader", re.compile(r"PXELINUX \d|Getting cached packet|NBP file downloaded|BdsDxe: starting Boot"
+                          r"|\S+ : \d+ bytes \[")),
+    ("grub", re.compile(r"Welcome to GRUB!")),  # shim's second stage (Secure Boot paths only)
+    ("kernel", re.compile(r"Loading \S*vmlinuz|Booting `|https?://\S+/vmlinuz")),
     ("linux", re.compile(r"Linux version")),
     ("marker", re.compile(r"SIDUS-MARKER ")),
 )
@@ -430,6 +461,10 @@ def run_once(
             marker = parse_marker(text)
             seconds = now - start
             if marker is not None:
+                break
+            if ACCESS_DENIED_RE.search(text):
+                # Secure Boot refused the loader; OVMF would go on through PXEv6 and HTTP boot for minutes.
+                reason = "firmware refused the boot loader: Access Denied (Secure Boot)"
                 break
             if proc.poll() is not None:
                 text = log.read_text(errors="replace") if log.exists() else ""
