@@ -1,6 +1,6 @@
 """QEMU PXE clients for the lab, the tests and the benchmarks.
 
-Five firmware paths, matching what real lab machines do:
+Six firmware paths, matching what real lab machines do:
 
 - ``bios``: SeaBIOS + the NIC's iPXE option ROM (e1000, ``pxe-e1000.rom``); sends arch 0.
 - ``uefi``: OVMF + the iPXE EFI ROM (e1000, ``efi-e1000.rom``; OVMF has no e1000 driver of its
