@@ -35,8 +35,16 @@ BOOT_TIMEOUT = 240.0  # TCG on a busy 2-core box; a healthy boot takes 20-45 s
 MASTER_MAC = "08:00:aa:bb:cc:dd"
 PAGE_URL = "http://127.0.0.1:8067/"  # the management page, on the lab namespace's loopback
 SCREENSHOT = Path("demo-status.png")  # written in the current directory
-# A BIOS client gets the default (overlay) menu; the UEFI one is the master and gets read-write.
-DEMO_BOOTS: tuple[tuple[qemu.Firmware, str], ...] = (("bios", "52:54:00:5a:00:01"), ("uefi", MASTER_MAC))
+SECURE_MAC = "52:54:00:5a:00:04"  # a stock PC with Secure Boot on: its reservation names the signed chain
+# A BIOS client gets the default (overlay) menu; the UEFI one is the master and gets read-write;
+# the Secure Boot one boots shim -> GRUB -> the Debian-signed kernel.
+DEMO_BOOTS: tuple[tuple[qemu.Firmware, str], ...] = (
+    ("bios", "52:54:00:5a:00:01"), ("uefi", MASTER_MAC), ("uefi-secure", SECURE_MAC),
+)
+DEMO_HOSTS = [
+    {"name": "master", "mac": MASTER_MAC, "address": "10.20.17.253", "profile": "master"},
+    {"name": "secure-pc", "mac": SECURE_MAC, "address": "10.20.17.250", "boot_files": {7: "efi64/shimx64.efi"}},
+]
 DEMO_BOOTS_ALL = (*DEMO_BOOTS, ("uefi-native", "52:54:00:5a:00:03"))
 
 
@@ -67,8 +75,9 @@ def prepare_workdir(workdir: Path) -> tuple[Path, testkernel.TestKernel]:
     instance_root = workdir / "nfsroot" / INSTANCE
     kernel = testkernel.publish(instance_root)
     done(kernel_name(kernel.version, INSTANCE))
-    config_path = write_lab_config(workdir, testkernel.instance_overrides(instance_root, INSTANCE))
-    done = _step("boot loaders staged from Debian packages (pxelinux, syslinux-efi)")
+    overrides = {**testkernel.instance_overrides(instance_root, INSTANCE), "hosts": DEMO_HOSTS}
+    config_path = write_lab_config(workdir, overrides)
+    done = _step("boot loaders staged from Debian packages (pxelinux, syslinux-efi, signed shim and GRUB, iPXE)")
     report = bootfiles.install(load_config(config_path))
     if report.missing:
         raise SystemExit(f"boot loaders missing: {report}")

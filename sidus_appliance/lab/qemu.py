@@ -402,6 +402,7 @@ class BootResult:
             "name": (m.fqdn if m else None) or "-",
             "boot file": self.serial.boot_file or "-",
             "menu": self.menu or "-",
+            "secure boot": {True: "enforced", False: "off", None: "-"}[self.serial.secure_boot],
             "seconds": f"{self.seconds:.1f}" if self.ok else f"FAILED ({self.reason})",
             "accel": self.accel,
         }
