@@ -134,8 +134,8 @@ def test_serve_as_the_unit_runs_it_reports_ready_reload_stop(
         ready = message(systemd_socket)
         assert ready["READY"] == "1", ready
         udp, tcp = listening(lab)  # READY came after every bind: they are all there
-        assert {53, 67, 69} <= udp and {53, 80} <= tcp, (udp, tcp)
-        assert ready["STATUS"] == "serving dhcp, dns, tftp, http, ra on eth1 (10.20.17.254/24)"
+        assert {53, 67, 69} <= udp and {53, 80, 8067} <= tcp, (udp, tcp)
+        assert ready["STATUS"] == "serving dhcp, dns, tftp, http, ra, management on eth1 (10.20.17.254/24)"
         status = process_status(appliance.pid)
         assert status["Uid"].split() == [str(unit_user()[0])] * 4  # never root, not even saved
         wanted = sum(1 << CAPABILITY_BITS[name] for name in UNIT_CAPABILITIES)
