@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -252,7 +253,8 @@ def start_nginx(srv: Netns, run_dir: Path, root: Path, workers: int) -> subproce
 
 
 def run_storm(
-    variant: str, n: int, tree: Tree, work: Path, deadline: float, dnsmasq_ping: bool, nginx_workers: int
+    variant: str, n: int, tree: Tree, work: Path, deadline: float, dnsmasq_ping: bool, nginx_workers: int,
+    http_rcvbuf: int, profile: bool = False,
 ) -> dict[str, Any]:
     server, transport = VARIANTS[variant]
     run_dir = work / f"{variant}-{n}"
@@ -267,38 +269,73 @@ def run_storm(
         time.sleep(0.5)  # let the bridge ports settle (forward delay 0, but links just came up)
         spec: dict[str, Any] = {"server": SERVER, "clients": clients, "deadline": deadline}
         if transport == "http":
-            spec.update(program="httpboot", sizes=tree.http_sizes, http_timeout=60.0)
+            spec.update(program="httpboot", sizes=tree.http_sizes, http_timeout=60.0, http_rcvbuf=http_rcvbuf)
         else:
             spec.update(program="pxelinux", tftp_timeout=1.0, tftp_retries=6)
         spec_path = run_dir / "spec.json"
         spec_path.write_text(json.dumps(spec))
         cpu_before = [_cpu_seconds(proc.pid) for proc in procs]  # start-up (imports, staging) excluded
+        tcp_before = tcp_counters(srv), tcp_counters(cli)
+        spy = None
+        if profile and server == "ours":  # sample our server (by its PID) while the storm runs
+            spy_out = run_dir / "ours.py-spy.txt"
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            argv = [py_spy, "record", "--pid", str(procs[0].pid), "--rate", "250", "--format", "raw",
+                    "--output", str(spy_out), "--nonblocking"]  # fmt: skip
+            spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches
         out = subprocess.run(
             cli.argv([sys.executable, str(HERE / "storm_client.py"), str(spec_path)]),
             capture_output=True, text=True, timeout=deadline + 120,
         )  # fmt: skip
         cpus = [_cpu_seconds(proc.pid) for proc in procs]
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+            spy.wait(timeout=60)
+        tcp_srv, tcp_cli = tcp_delta(tcp_before[0], tcp_counters(srv)), tcp_delta(tcp_before[1], tcp_counters(cli))
         for proc in reversed(procs):
             srv.stop(proc)
         if out.returncode != 0:
             raise RuntimeError(f"storm client failed ({out.returncode}):\n{out.stderr[-3000:]}")
         result = json.loads(out.stdout)
-        spent = [None if a is None or b is None else a - b for a, b in zip(cpus, cpu_before, strict=True)]
-        result["server_cpu"] = None if None in spent else sum(c for c in spent if c is not None)
+        if None in cpus or None in cpu_before:
+            result["server_cpu"] = result["server_user"] = None
+        else:  # user time is the servers' own code; system time also holds the kernel's TCP/veth work
+            result["server_cpu"] = sum(a[0] + a[1] - b[0] - b[1] for a, b in zip(cpus, cpu_before, strict=True))
+            result["server_user"] = sum(a[0] - b[0] for a, b in zip(cpus, cpu_before, strict=True))
+        # Losses on the way (segments the server resent) and why the clients' kernel dropped them.
+        result["tcp_retransmits"] = tcp_srv.get("RetransSegs", 0)
+        result["tcp_server"], result["tcp_client"] = tcp_srv, tcp_cli
         (run_dir / "result.json").write_text(json.dumps(result))
         return result
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """utime+stime so far of a process we started and of its live children (nginx's workers),
-    from /proc."""
+def tcp_counters(ns: Netns) -> dict[str, int]:
+    """The namespace's TCP counters (Tcp: and TcpExt: of /proc/net/snmp and netstat, per namespace)."""
+    counters = {}
+    for table in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = [line.split() for line in ns.run("cat", table).stdout.splitlines()]
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            if names[0] in ("Tcp:", "TcpExt:"):
+                counters.update((n, int(v)) for n, v in zip(names[1:], values[1:], strict=False) if v.isdigit())
+    return counters
+
+
+def tcp_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds so far of a process we started and of its live children
+    (nginx's workers), from /proc."""
     try:
-        total = 0
+        user = system = 0
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         for p in (pid, *map(int, children)):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+            user, system = user + int(fields[11]), system + int(fields[12])
+        tick = os.sysconf("SC_CLK_TCK")
+        return user / tick, system / tick
     except (OSError, IndexError, ValueError):
         return None
 
@@ -324,6 +361,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "phases": {p: (pct(v, 50), pct(v, 95)) for p, v in phases.items()},
         "retransmits": sum(c["retransmits"] for c in result["clients"]),
         "connections": sum(c.get("connections", 0) for c in result["clients"]),
+        "tcp_retransmits": result.get("tcp_retransmits", 0),
         "gib": nbytes / 2**30,
         # Files moved per second of the whole storm (t0 = every client starts DHCP) ...
         "mib_s": nbytes / 2**20 / wall if wall > 0 else float("nan"),
@@ -331,6 +369,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "xfer_mib_s": nbytes / 2**20 / (wall - min(starts)) if starts and wall > min(starts) else float("nan"),
         "client_cpu": result["client_cpu"],
         "server_cpu": result.get("server_cpu"),
+        "server_user": result.get("server_user"),
     }
 
 
@@ -358,16 +397,17 @@ TARGETS = {"dnsmasq-tftp / ours-http time": 2.0, "ours-http / nginx-http MiB/s":
 def report(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[float, float]]:
     print(f"\n=== N = {n} clients (start together) ===")
     head = f"{'variant':<15} {'last done':>9} {'ok':>4} {'fail':>4} {'p50':>7} {'p95':>7} {'GiB':>5} {'MiB/s':>6} "
-    head += f"{'xfer':>6} {'rexmit':>6} {'conns':>5} {'srv cpu':>7} {'cli cpu':>7} {'load':>5}  "
+    head += f"{'xfer':>6} {'rexmit':>6} {'conns':>5} {'tcp rtx':>7} {'srv cpu/usr':>11} {'cli cpu':>7} {'load':>5}  "
     head += "  ".join(f"{p + ' p50/p95':>17}" for p in PHASES)
     print(head)
     for which, rs in runs.items():
         for k, r in enumerate(rs, 1):
-            srv_cpu = f"{r['server_cpu']:.1f}" if r["server_cpu"] is not None else "-"
+            srv_cpu = f"{r['server_cpu']:.1f}/{r['server_user']:.1f}" if r["server_cpu"] is not None else "-"
             label = f"{which} #{k}" if len(rs) > 1 else which
             row = f"{label:<15} {r['wall']:>8.1f}s {r['ok']:>4} {r['failed']:>4} {r['p50']:>6.1f}s {r['p95']:>6.1f}s "
             row += f"{r['gib']:>5.2f} {r['mib_s']:>6.0f} {r['xfer_mib_s']:>6.0f} {r['retransmits']:>6} "
-            row += f"{r['connections']:>5} {srv_cpu:>7} {r['client_cpu']:>7.1f} {r['load']:>5.1f}  "
+            row += f"{r['connections']:>5} {r['tcp_retransmits']:>7} {srv_cpu:>11} {r['client_cpu']:>7.1f} "
+            row += f"{r['load']:>5.1f}  "
             row += "  ".join(f"{a:>8.2f}/{b:<8.2f}" for a, b in r["phases"].values())
             print(row)
             for e in r["errors"]:
@@ -391,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per variant and N, order alternating")
     ap.add_argument("--deadline", type=float, default=900.0, help="seconds before unfinished clients count as failed")
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (1: like our one process)")
+    ap.add_argument("--http-rcvbuf-kib", type=int, default=1024,
+                    help="SO_RCVBUF per HTTP client connection (0: autotuning; see storm_client.py)")  # fmt: skip
+    ap.add_argument("--profile", action="store_true",
+                    help="sample ours with py-spy (pip install py-spy): */ours.py-spy.txt; implies --keep")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, per-client JSON)")
     ap.add_argument(
         "--dnsmasq-ping", action="store_true",
@@ -420,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--> {variant}, {n} clients (run {k + 1}/{args.repeat}) ...", flush=True)
                     load = os.getloadavg()[0]
                     result = run_storm(variant, n, tree, work / f"r{k}", args.deadline, args.dnsmasq_ping,
-                                       args.nginx_workers)  # fmt: skip
+                                       args.nginx_workers, args.http_rcvbuf_kib * 1024, args.profile)  # fmt: skip
                     one = summarise(result)
                     one["load"] = max(load, os.getloadavg()[0])  # the higher of start and end
                     failures += one["failed"]
@@ -431,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             for n, found in summary.items():
                 print(f"N = {n:>3}: " + "; ".join(f"{name} {best:.2f}" for name, (best, _) in found.items()))
     finally:
-        if args.keep or failures:
+        if args.keep or args.profile or failures:
             print(f"\nwork dir kept: {work} (server logs, per-client results in */result.json)")
         else:
             shutil.rmtree(work, ignore_errors=True)

@@ -298,10 +298,14 @@ class SimClient:
     hstate: str = ""  # "connecting", "headers", "body"
     head: bytearray = field(default_factory=bytearray)
     out: bytes = b""  # request bytes not yet sent
+    request: bytes = b""  # the whole request, to send again on a new connection
+    reused: bool = False  # the request went out on a connection that had served one before
     status: int = 0
     length: int = 0  # Content-Length of the response being read
     server_closes: bool = False  # the response said Connection: close
     requests: int = 0
+    log: list[tuple[str, int, float, float]] = field(default_factory=list)  # HTTP: path, status, start, end
+    request_start: float = 0.0
     connections: int = 0
     first_request: float = 0.0  # start of the first HTTP request (the transfer window's start)
 
@@ -332,6 +336,12 @@ class Storm:
         self.program = PROGRAMS[spec.get("program", "pxelinux")]
         self.http_timeout = spec.get("http_timeout", 30.0)  # seconds without a byte: the transfer failed
         self.sizes: dict[str, int] = spec.get("sizes", {})  # URL path -> size on disk, to check bodies
+        # A fixed receive buffer per connection (0: the kernel's autotuning). Autotuned, each of 200
+        # sockets may grow to tcp_rmem's max (32 MiB here) whenever this one loop falls behind: the
+        # host's TCP memory then passes tcp_mem's pressure mark, the kernel prunes queued segments
+        # (TcpExt PruneCalled, TCPRcvQDrop) and the losing connections back off their retransmission
+        # timer for up to 80-90 s: the storm then measures the host's memory, not the servers.
+        self.http_rcvbuf = spec.get("http_rcvbuf", 1 << 20)
         self.programs: dict[int, Generator[Any, Any, None]] = {}
         self.parked: list[socket.socket] = []  # DHCP packet sockets, closed after the storm
         self.ifindex = {c.ifname: self.ipr.link_lookup(ifname=c.ifname)[0] for c in self.clients}
@@ -507,7 +517,8 @@ class Storm:
         url = urlsplit(op.url)
         key = (url.hostname or c.server, url.port or 80)
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        c.out = f"GET {target} HTTP/1.1\r\nHost: {url.netloc}\r\nUser-Agent: storm-httpboot\r\n\r\n".encode()
+        c.request = f"GET {target} HTTP/1.1\r\nHost: {url.netloc}\r\nUser-Agent: storm-httpboot\r\n\r\n".encode()
+        c.out = c.request
         c.hstate, c.status, c.length, c.got, c.server_closes = "headers", 0, 0, 0, False
         c.head.clear()
         c.chunks = [] if op.keep else None
@@ -515,8 +526,10 @@ class Storm:
         c.requests += 1
         now = time.monotonic()
         c.first_request = c.first_request or now
+        c.request_start = now
         c.deadline = now + self.http_timeout
-        if c.sock is not None and c.conn_key == key:  # keep-alive: the same connection
+        c.reused = c.sock is not None and c.conn_key == key
+        if c.reused:  # keep-alive: the same connection
             self._http_send(c)
             return
         self._connect(c, key)
@@ -524,6 +537,8 @@ class Storm:
     def _connect(self, c: SimClient, key: tuple[str, int]) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, c.ifname.encode())
+        if self.http_rcvbuf:  # before connect: the window scale is agreed in the handshake
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.http_rcvbuf)
         s.bind((c.ip, 0))
         self._open(c, s, select.EPOLLIN | select.EPOLLOUT)
         c.conn_key = key
@@ -568,10 +583,12 @@ class Storm:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.fail(c, f"{c.op.url}: {exc} at {c.got} of {c.length} bytes")
+                if not self._retry(c):
+                    self.fail(c, f"{c.op.url}: {exc} at {c.got} of {c.length} bytes")
                 return
             if n == 0:
-                self.fail(c, f"{c.op.url}: connection closed by the server ({c.hstate}, {c.got} of {c.length} bytes)")
+                if not self._retry(c):
+                    self.fail(c, f"{c.op.url}: server closed the connection ({c.hstate}, {c.got} of {c.length} bytes)")
                 return
             c.deadline = time.monotonic() + self.http_timeout
             start = 0
@@ -599,6 +616,19 @@ class Storm:
                 self._http_done(c)
                 return
 
+    def _retry(self, c: SimClient) -> bool:
+        """A kept-alive connection the server closed before any byte of the answer (its idle
+        timer ran while the previous body was still on its way): the request goes again on a new
+        connection, once, as HTTP clients do for an idempotent request (RFC 9112 9.3.1)."""
+        if not (c.reused and c.hstate == "headers" and not c.head and c.conn_key is not None):
+            return False
+        c.reused = False
+        key = c.conn_key
+        self._close(c)
+        c.out = c.request
+        self._connect(c, key)
+        return True
+
     def _parse_head(self, c: SimClient, head: bytes) -> bool:
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(None, 2)
@@ -619,6 +649,7 @@ class Storm:
 
     def _http_done(self, c: SimClient) -> None:
         op: Http = c.op
+        c.log.append((urlsplit(op.url).path, c.status, c.request_start, time.monotonic()))
         result: Any = b"".join(c.chunks) if c.chunks is not None else c.got
         if c.server_closes:  # the next request opens a new connection
             self._close(c)
@@ -706,6 +737,7 @@ class Storm:
                     "mac": c.mac, "ip": c.ip, "ok": not c.error, "error": c.error, "bytes": c.bytes,
                     "files": c.files, "retransmits": c.retransmits,
                     "requests": c.requests, "connections": c.connections,
+                    "log": [(path, status, a - t0, b - t0) for path, status, a, b in c.log],
                     "first_request": (c.first_request - t0) if c.first_request else None,
                     "total": (max(p[1] for p in c.phases.values()) - t0) if c.phases else None,
                     "phases": {k: v[1] - v[0] for k, v in c.phases.items()},
