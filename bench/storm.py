@@ -22,10 +22,10 @@ lab's Debian vmlinuz) and a 32 MiB initrd (random bytes); HTTP-boot clients run 
 grubx64.efi, grub/grub.cfg, grub/grub.cfg-<mac>, the kernel and the initrd. Printed: time until
 the last client has everything, per-client p50/p95, failures, bytes / that time (MiB/s),
 per-phase p50/p95, server and client CPU, and the ratios between variants.
-Both servers log at their default level (ours INFO, dnsmasq without --log-dhcp). dnsmasq runs
-with --no-ping: its default ping-before-offer costs ~3 s per new client, one client at a time
-(seen in its log), which would measure that check rather than the server; --dnsmasq-ping
-restores it.
+Servers log at their default level (ours INFO, dnsmasq without --log-dhcp; nginx one access-log
+line per request, to a file). dnsmasq runs with --no-ping: its default ping-before-offer costs
+~3 s per new client, one client at a time (seen in its log), which would measure that check
+rather than the server; --dnsmasq-ping restores it.
 """
 
 from __future__ import annotations
@@ -284,14 +284,20 @@ def run_storm(
                     "--output", str(spy_out), "--nonblocking"]  # fmt: skip
             spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
-        out = subprocess.run(
-            cli.argv([sys.executable, str(HERE / "storm_client.py"), str(spec_path)]),
-            capture_output=True, text=True, timeout=deadline + 120,
-        )  # fmt: skip
-        cpus = [_cpu_seconds(proc.pid) for proc in procs]
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
-            spy.wait(timeout=60)
+        try:
+            out = subprocess.run(
+                cli.argv([sys.executable, str(HERE / "storm_client.py"), str(spec_path)]),
+                capture_output=True, text=True, timeout=deadline + 120,
+            )  # fmt: skip
+            cpus = [_cpu_seconds(proc.pid) for proc in procs]
+        finally:
+            if spy is not None:  # ended by its PID on every path; SIGINT: it writes its samples first
+                spy.send_signal(signal.SIGINT)
+                try:
+                    spy.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
         tcp_srv, tcp_cli = tcp_delta(tcp_before[0], tcp_counters(srv)), tcp_delta(tcp_before[1], tcp_counters(cli))
         for proc in reversed(procs):
             srv.stop(proc)
