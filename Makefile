@@ -15,7 +15,7 @@ APT_TEST  := iproute2 python3-venv python3-dev gcc isc-dhcp-client udhcpc dnsuti
              nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common libnfs-utils shellcheck debootstrap chromium \
              systemd strace bind9 knot
 # The reference servers the benchmarks compare us with (never started outside a namespace).
-APT_BENCH := dnsmasq-base kea-admin kea-dhcp4-server tftpd-hpa dnsperf
+APT_BENCH := dnsmasq-base kea-admin kea-dhcp4-server tftpd-hpa dnsperf nginx-light
 
 .PHONY: demo test lint bench deps venv clean
 
@@ -45,7 +45,7 @@ bench: deps
 	$(PY) bench/dhcp.py
 	$(PY) bench/dns.py --rounds 3
 	$(PY) bench/tftp.py
-	$(PY) bench/storm.py
+	$(PY) bench/storm.py --transport tftp http
 
 clean:
 	rm -rf $(VENV) .pytest_cache
