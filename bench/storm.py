@@ -101,6 +101,9 @@ class Tree:
         overrides = testkernel.instance_overrides(self.instance_root, INSTANCE)
         # GRUB menus name the kernel as (http,server)/... : the HTTP-boot clients fetch it over HTTP.
         overrides["http"] = {"enabled": True, "transfer": "http"}
+        # The simulated HTTP-boot clients walk shim -> GRUB -> menu -> kernel + initrd: offer them shim
+        # (the default for arch 16 is iPXE, since Debian 12's signed GRUB cannot go on after an HTTP boot).
+        overrides["dhcp"] = {"boot_files": {16: HTTP_FILES[0]}}
         self.config_path = write_lab_config(self.ours_dir, overrides)
         # nginx-http's DHCP: ours, its HTTP and TFTP services off (nginx owns port 80); it still
         # offers http://SERVER/efi64/shimx64.efi to arch 16 (the URL names http.port, 80).

@@ -35,7 +35,7 @@ def test_http_boot_request_is_classified_as_http_boot(client):
     pkt = codec.parse(frame[28:])  # past the IPv4 and UDP headers
     assert pkt.options[93] == b"\x00\x10" and pkt.options[60].startswith(b"HTTPClient:Arch:00016")
     spec = boot_spec(Machine("02:5a:00:00:00:01", pkt.options[93], pkt.options[60]), DEFAULT_BOOT_FILES, "pxelinux.0")
-    assert spec.kind is ClientKind.HTTP and spec.over_http and spec.loader == "efi64/shimx64.efi"
+    assert spec.kind is ClientKind.HTTP and spec.over_http and spec.loader == DEFAULT_BOOT_FILES[16]
     pxe = codec.parse(client.ip_udp(client.dhcp_message(1, 0x1234, mac))[28:])
     assert pxe.options[93] == b"\x00\x00" and pxe.options[60].startswith(b"PXEClient:Arch:00000")
 
