@@ -6,13 +6,16 @@ PY        := $(VENV)/bin/python
 APT       := ./scripts/apt-install
 
 # What the tests and the demo use: real DHCP/DNS/TFTP clients, PXE firmware, boot loaders,
-# a userspace NFS server (the kernel may have no nfsd) and debootstrap for the image builder.
+# a userspace NFS server (the kernel may have no nfsd), debootstrap for the image builder,
+# headless Chromium for the management page, systemd-analyze and strace for the service unit,
+# BIND and Knot as DNS secondaries (run in lab namespaces by the tests, never as services).
 APT_TEST  := iproute2 python3-venv python3-dev gcc isc-dhcp-client udhcpc dnsutils curl \
              tftp-hpa atftp pxelinux syslinux-common syslinux-efi qemu-system-x86 ipxe-qemu \
              ovmf ipxe shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed busybox-static cpio procps \
-             nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common libnfs-utils shellcheck debootstrap
+             nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common libnfs-utils shellcheck debootstrap chromium \
+             systemd strace bind9 knot
 # The reference servers the benchmarks compare us with (never started outside a namespace).
-APT_BENCH := dnsmasq-base kea-admin kea-dhcp4-server tftpd-hpa dnsperf
+APT_BENCH := dnsmasq-base kea-admin kea-dhcp4-server tftpd-hpa dnsperf nginx-light
 
 .PHONY: demo test lint bench deps venv clean
 
@@ -42,7 +45,7 @@ bench: deps
 	$(PY) bench/dhcp.py
 	$(PY) bench/dns.py --rounds 3
 	$(PY) bench/tftp.py
-	$(PY) bench/storm.py
+	$(PY) bench/storm.py --transport tftp http
 
 clean:
 	rm -rf $(VENV) .pytest_cache

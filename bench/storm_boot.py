@@ -90,7 +90,7 @@ def boot_all(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", nargs="+", choices=("ours", "dnsmasq"), default=["ours", "dnsmasq"])
-    ap.add_argument("--firmware", nargs="+", choices=qemu.FIRMWARES, default=list(qemu.FIRMWARES))
+    ap.add_argument("--firmware", nargs="+", choices=qemu.FIRMWARES, default=list(qemu.SYSLINUX_FIRMWARES))
     ap.add_argument("--mac", default="52:54:00:00:17:01")
     ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     ap.add_argument("--timeout", type=float, default=180.0)

@@ -17,11 +17,20 @@ one created with a protocol, and closing any, waits for an RCU grace period (syn
 the other, with nothing read meanwhile). So each DHCP socket is created without a protocol
 (its bind then registers it, no wait), and parked when DHCP is done (a drop-all filter, out
 of the epoll set) and closed only after the storm.
+
+With `"program": "httpboot"` in the spec, each client is a UEFI HTTP-boot machine instead (as
+seen with OVMF + shim + Debian's signed GRUB): DHCP with arch 16 and the HTTPClient vendor
+class, then over HTTP/1.1 on one keep-alive connection (as firmware and GRUB keep theirs) the
+loader named by option 67 (shimx64.efi), grubx64.efi beside it, grub/grub.cfg, the machine's
+grub/grub.cfg-<mac> (grub.cfg-default when that is a 404, as the entry config does), then the
+default entry's kernel and initrd. Every body is counted against its Content-Length and, when
+the spec knows the file, against its size on disk.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import random
@@ -36,6 +45,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyroute2 import IPRoute
 
@@ -71,12 +81,16 @@ def ip_udp(payload: bytes, sport: int = 68, dport: int = 67) -> bytes:
     return hdr + udp
 
 
-def dhcp_message(msg_type: int, xid: int, mac: bytes, extra: bytes = b"") -> bytes:
-    """A PXE ROM's DISCOVER/REQUEST: arch 0, UNDI 2.1, PXEClient vendor class, no broadcast flag."""
+def dhcp_message(msg_type: int, xid: int, mac: bytes, extra: bytes = b"", arch: int = 0) -> bytes:
+    """A PXE ROM's DISCOVER/REQUEST (arch 0: UNDI 2.1, PXEClient vendor class), or with arch 16 a
+    UEFI HTTP-boot one (UNDI 3.1, HTTPClient vendor class, as OVMF sends); no broadcast flag."""
     bootp = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0,
                         bytes(4), bytes(4), bytes(4), bytes(4), mac.ljust(16, b"\0"), b"", b"")  # fmt: skip
-    vendor = b"PXEClient:Arch:00000:UNDI:002001"
-    opts = bytes((53, 1, msg_type)) + bytes((57, 2, 0x04, 0xEC)) + bytes((93, 2, 0, 0)) + bytes((94, 3, 1, 2, 1))
+    if arch == 16:
+        vendor, undi = b"HTTPClient:Arch:00016:UNDI:003001", bytes((94, 3, 1, 3, 1))
+    else:
+        vendor, undi = f"PXEClient:Arch:{arch:05d}:UNDI:002001".encode(), bytes((94, 3, 1, 2, 1))
+    opts = bytes((53, 1, msg_type)) + bytes((57, 2, 0x04, 0xEC)) + bytes((93, 2)) + arch.to_bytes(2, "big") + undi
     opts += bytes((60, len(vendor))) + vendor
     prl = bytes((1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60, 66, 67))
     opts += bytes((55, len(prl))) + prl + extra + b"\xff"
@@ -117,7 +131,14 @@ def parse_dhcp_reply(ip_packet: bytes, xid: int) -> tuple[int, str, dict[int, by
 
 @dataclass
 class Dhcp:
-    pass
+    arch: int = 0  # the program gets the ACK's options back
+
+
+@dataclass
+class Http:
+    url: str  # absolute (http://host[:port]/path)
+    keep: bool = False  # return the body (menus); otherwise only its size
+    missing_ok: bool = False  # a 404 returns None (the next candidate) instead of failing
 
 
 @dataclass
@@ -180,6 +201,67 @@ def pxelinux_program(c: SimClient) -> Generator[Any, Any, None]:
     yield Tftp(initrd)
 
 
+def parse_grub_menu(text: str) -> tuple[str, str]:
+    """(kernel, initrd) paths of the default entry of a GRUB config (`set default=<id>`, else the
+    first menuentry), each as GRUB would fetch it: `(http,host)/path` or `/path` on $root."""
+    default, entries, current = None, [], None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("set default="):
+            default = line.split("=", 1)[1].strip("'\"")
+        elif line.startswith("menuentry "):
+            words = line.split()
+            label = words[words.index("--id") + 1].strip("'\"") if "--id" in words else str(len(entries))
+            current = {"id": label}
+            entries.append(current)
+        elif current is not None and line.split(None, 1)[0:1] in (["linux"], ["initrd"]):
+            current[line.split()[0]] = line.split()[1]
+        elif line == "}":
+            current = None
+    chosen = next((e for e in entries if e["id"] == default), entries[0] if entries else {})
+    if "linux" not in chosen or "initrd" not in chosen:
+        raise ValueError(f"GRUB menu has no linux/initrd for default {default!r}")
+    return chosen["linux"], chosen["initrd"]
+
+
+def grub_url(path: str, root: str) -> str:
+    """GRUB's `(http,10.20.17.254)/vmlinuz` or `/vmlinuz` (on $root, the server it booted from) as a URL."""
+    if path.startswith("("):
+        device, rest = path[1:].split(")", 1)
+        proto, _, host = device.partition(",")
+        if proto != "http":
+            raise ValueError(f"kernel not over HTTP: {path}")
+        return f"http://{host or urlsplit(root).netloc}{rest}"
+    return f"{root.rstrip('/')}/{path.lstrip('/')}"
+
+
+def httpboot_program(c: SimClient) -> Generator[Any, Any, None]:
+    c.begin("dhcp")
+    opts = yield Dhcp(arch=16)
+    if not opts.get(60, b"").startswith(b"HTTPClient"):
+        raise RuntimeError(f"offer without HTTPClient vendor class (option 60 = {opts.get(60)!r})")
+    loader = opts.get(67, b"").rstrip(b"\0").decode()
+    if not loader.startswith("http://"):
+        raise RuntimeError(f"boot file is not an http:// URL: {loader!r}")
+    root = "http://" + urlsplit(loader).netloc
+    c.begin("loader")
+    yield Http(loader)  # shimx64.efi, fetched by the firmware
+    yield Http(loader.rsplit("/", 1)[0] + "/grubx64.efi")  # shim loads GRUB from its own directory
+    c.begin("menu")
+    yield Http(f"{root}/grub/grub.cfg", keep=True)
+    text = yield Http(f"{root}/grub/grub.cfg-{c.mac.lower()}", keep=True, missing_ok=True)
+    if text is None:
+        text = yield Http(f"{root}/grub/grub.cfg-default", keep=True)
+    kernel, initrd = parse_grub_menu(text.decode(errors="replace"))
+    c.begin("kernel")
+    yield Http(grub_url(kernel, root))
+    c.begin("initrd")
+    yield Http(grub_url(initrd, root))
+
+
+PROGRAMS = {"pxelinux": pxelinux_program, "httpboot": httpboot_program}
+
+
 # ---------------------------------------------------------------- per-client state machine
 
 
@@ -211,6 +293,21 @@ class SimClient:
     chunks: list[bytes] | None = None
     connected: bool = False
     current_phase: str = ""
+    # HTTP: one keep-alive connection, reused from request to request while the server allows
+    conn_key: tuple[str, int] | None = None
+    hstate: str = ""  # "connecting", "headers", "body"
+    head: bytearray = field(default_factory=bytearray)
+    out: bytes = b""  # request bytes not yet sent
+    request: bytes = b""  # the whole request, to send again on a new connection
+    reused: bool = False  # the request went out on a connection that had served one before
+    status: int = 0
+    length: int = 0  # Content-Length of the response being read
+    server_closes: bool = False  # the response said Connection: close
+    requests: int = 0
+    log: list[tuple[str, int, float, float]] = field(default_factory=list)  # HTTP: path, status, start, end
+    request_start: float = 0.0
+    connections: int = 0
+    first_request: float = 0.0  # start of the first HTTP request (the transfer window's start)
 
     def begin(self, phase: str) -> None:
         now = time.monotonic()
@@ -229,13 +326,22 @@ class Storm:
         self.spec = spec
         self.ep = select.epoll()
         self.by_fd: dict[int, SimClient] = {}
-        self.buf = bytearray(70000)
+        self.buf = bytearray(1 << 20)  # a TFTP datagram, or as much of an HTTP body as one recv gives
         self.view = memoryview(self.buf)
         self.ipr = IPRoute()
         self.clients = [
             SimClient(c["ifname"], c["mac"], spec["server"], spec.get("tftp_timeout", 1.0), spec.get("tftp_retries", 6))
             for c in spec["clients"]
         ]
+        self.program = PROGRAMS[spec.get("program", "pxelinux")]
+        self.http_timeout = spec.get("http_timeout", 30.0)  # seconds without a byte: the transfer failed
+        self.sizes: dict[str, int] = spec.get("sizes", {})  # URL path -> size on disk, to check bodies
+        # A fixed receive buffer per connection (0: the kernel's autotuning). Autotuned, each of 200
+        # sockets may grow to tcp_rmem's max (32 MiB here) whenever this one loop falls behind: the
+        # host's TCP memory then passes tcp_mem's pressure mark, the kernel prunes queued segments
+        # (TcpExt PruneCalled, TCPRcvQDrop) and the losing connections back off their retransmission
+        # timer for up to 80-90 s: the storm then measures the host's memory, not the servers.
+        self.http_rcvbuf = spec.get("http_rcvbuf", 1 << 20)
         self.programs: dict[int, Generator[Any, Any, None]] = {}
         self.parked: list[socket.socket] = []  # DHCP packet sockets, closed after the storm
         self.ifindex = {c.ifname: self.ipr.link_lookup(ifname=c.ifname)[0] for c in self.clients}
@@ -257,6 +363,8 @@ class Storm:
         c.op = op
         if isinstance(op, Dhcp):
             self.start_dhcp(c)
+        elif isinstance(op, Http):
+            self.start_http(c, op)
         else:
             self.start_tftp(c, op)
 
@@ -277,12 +385,13 @@ class Storm:
                 c.sock.close()
             c.sock = None
 
-    def _open(self, c: SimClient, sock: socket.socket) -> None:
+    def _open(self, c: SimClient, sock: socket.socket, events: int = select.EPOLLIN) -> None:
         self._close(c)
         sock.setblocking(False)
         c.sock = sock
+        c.conn_key = None
         self.by_fd[sock.fileno()] = c
-        self.ep.register(sock.fileno(), select.EPOLLIN)
+        self.ep.register(sock.fileno(), events)
 
     # -- DHCP
 
@@ -293,7 +402,7 @@ class Storm:
         c.xid = random.getrandbits(32)
         c.state = "discover"
         c.tries = 0
-        c.last = ip_udp(dhcp_message(1, c.xid, bytes.fromhex(c.mac.replace(":", ""))))
+        c.last = ip_udp(dhcp_message(1, c.xid, bytes.fromhex(c.mac.replace(":", "")), arch=c.op.arch))
         self._dhcp_send(c)
 
     def _dhcp_send(self, c: SimClient) -> None:
@@ -318,14 +427,14 @@ class Storm:
                 mac = bytes.fromhex(c.mac.replace(":", ""))
                 extra = bytes((50, 4)) + socket.inet_aton(yiaddr) + bytes((54, 4)) + opts.get(54, bytes(4))
                 c.state, c.tries = "request", 0
-                c.last = ip_udp(dhcp_message(3, c.xid, mac, extra))
+                c.last = ip_udp(dhcp_message(3, c.xid, mac, extra, arch=c.op.arch))
                 self._dhcp_send(c)
             elif c.state == "request" and mtype == 5:
                 c.ip = yiaddr
                 # The address goes on this client's own interface: TFTP then runs over plain UDP.
                 self.ipr.addr("add", index=self.ifindex[c.ifname], address=yiaddr, prefixlen=24)
                 self._close(c)
-                self.advance(c)
+                self.advance(c, opts)
                 return
             elif c.state == "request" and mtype == 6:
                 self.fail(c, "DHCPNAK")
@@ -402,6 +511,161 @@ class Storm:
                     self.fail(c, f"TFTP error {code} on {c.op.name}: {msg}")
                 return
 
+    # -- HTTP
+
+    def start_http(self, c: SimClient, op: Http) -> None:
+        url = urlsplit(op.url)
+        key = (url.hostname or c.server, url.port or 80)
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        c.request = f"GET {target} HTTP/1.1\r\nHost: {url.netloc}\r\nUser-Agent: storm-httpboot\r\n\r\n".encode()
+        c.out = c.request
+        c.hstate, c.status, c.length, c.got, c.server_closes = "headers", 0, 0, 0, False
+        c.head.clear()
+        c.chunks = [] if op.keep else None
+        c.files += 1
+        c.requests += 1
+        now = time.monotonic()
+        c.first_request = c.first_request or now
+        c.request_start = now
+        c.deadline = now + self.http_timeout
+        c.reused = c.sock is not None and c.conn_key == key
+        if c.reused:  # keep-alive: the same connection
+            self._http_send(c)
+            return
+        self._connect(c, key)
+
+    def _connect(self, c: SimClient, key: tuple[str, int]) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, c.ifname.encode())
+        if self.http_rcvbuf:  # before connect: the window scale is agreed in the handshake
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.http_rcvbuf)
+        s.bind((c.ip, 0))
+        self._open(c, s, select.EPOLLIN | select.EPOLLOUT)
+        c.conn_key = key
+        c.connections += 1
+        c.hstate = "connecting"
+        err = s.connect_ex(key)
+        if err not in (0, errno.EINPROGRESS):
+            self.fail(c, f"connect: {os.strerror(err)}")
+
+    def _http_send(self, c: SimClient) -> None:
+        assert c.sock is not None
+        try:
+            sent = c.sock.send(c.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.fail(c, f"send {c.op.url}: {exc}")
+            return
+        c.out = c.out[sent:]
+        # Wait for writability only while part of the request is still queued here.
+        self.ep.modify(c.sock.fileno(), select.EPOLLIN | (select.EPOLLOUT if c.out else 0))
+
+    def on_http(self, c: SimClient, events: int) -> None:
+        sock = c.sock
+        assert sock is not None
+        if c.hstate == "connecting":
+            if not events & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+                return
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.fail(c, f"connect to {c.conn_key}: {os.strerror(err)}")
+                return
+            c.hstate = "headers"
+            self._http_send(c)
+            return
+        if c.out and events & select.EPOLLOUT:
+            self._http_send(c)
+        buf, view = self.buf, self.view
+        while True:
+            try:
+                n = sock.recv_into(buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if not self._retry(c):
+                    self.fail(c, f"{c.op.url}: {exc} at {c.got} of {c.length} bytes")
+                return
+            if n == 0:
+                if not self._retry(c):
+                    self.fail(c, f"{c.op.url}: server closed the connection ({c.hstate}, {c.got} of {c.length} bytes)")
+                return
+            c.deadline = time.monotonic() + self.http_timeout
+            start = 0
+            if c.hstate == "headers":
+                c.head += view[:n]
+                end = c.head.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(c.head) > 16384:
+                        self.fail(c, f"{c.op.url}: response head over 16 KiB")
+                        return
+                    continue
+                body_start = len(c.head) - (end + 4)  # body bytes already read with the head
+                if not self._parse_head(c, bytes(c.head[:end])):
+                    return
+                c.hstate = "body"
+                start = n - body_start
+            take = min(n - start, c.length - c.got)
+            if n - start > take:
+                self.fail(c, f"{c.op.url}: {n - start - take} bytes past Content-Length")
+                return
+            c.got += take
+            if c.chunks is not None and take:
+                c.chunks.append(bytes(view[start : start + take]))
+            if c.got == c.length:
+                self._http_done(c)
+                return
+
+    def _retry(self, c: SimClient) -> bool:
+        """A kept-alive connection the server closed before any byte of the answer (its idle
+        timer ran while the previous body was still on its way): the request goes again on a new
+        connection, once, as HTTP clients do for an idempotent request (RFC 9112 9.3.1)."""
+        if not (c.reused and c.hstate == "headers" and not c.head and c.conn_key is not None):
+            return False
+        c.reused = False
+        key = c.conn_key
+        self._close(c)
+        c.out = c.request
+        self._connect(c, key)
+        return True
+
+    def _parse_head(self, c: SimClient, head: bytes) -> bool:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            self.fail(c, f"{c.op.url}: bad status line {lines[0]!r}")
+            return False
+        c.status = int(parts[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower() or "content-length" not in headers:
+            self.fail(c, f"{c.op.url}: HTTP {c.status} without Content-Length")  # boot firmware needs the size
+            return False
+        c.length = int(headers["content-length"])
+        c.server_closes = headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0"
+        return True
+
+    def _http_done(self, c: SimClient) -> None:
+        op: Http = c.op
+        c.log.append((urlsplit(op.url).path, c.status, c.request_start, time.monotonic()))
+        result: Any = b"".join(c.chunks) if c.chunks is not None else c.got
+        if c.server_closes:  # the next request opens a new connection
+            self._close(c)
+        if c.status == 404 and op.missing_ok:
+            self.advance(c, None)
+            return
+        if c.status != 200:
+            self.fail(c, f"HTTP {c.status} on {op.url}")
+            return
+        expected = self.sizes.get(urlsplit(op.url).path)
+        if expected is not None and c.length != expected:
+            self.fail(c, f"{op.url}: Content-Length {c.length}, the file has {expected} bytes")
+            return
+        c.bytes += c.got
+        self.advance(c, result)
+
     # -- loop
 
     def timers(self, now: float) -> None:
@@ -410,6 +674,13 @@ class Storm:
                 continue
             c.tries += 1
             c.retransmits += 1
+            if isinstance(c.op, Http):
+                self.fail(
+                    c,
+                    f"HTTP: nothing for {self.http_timeout:.0f} s on {c.op.url} ({c.hstate}, "
+                    f"{c.got} of {c.length} bytes)",
+                )
+                continue
             if isinstance(c.op, Dhcp):
                 if c.tries >= len(DHCP_RETRIES):
                     self.fail(c, f"no DHCP {'ACK' if c.state == 'request' else 'OFFER'}")
@@ -429,16 +700,18 @@ class Storm:
         deadline = time.monotonic() + self.spec.get("deadline", 600)
         t0 = time.monotonic()
         for c in self.clients:
-            self.programs[id(c)] = pxelinux_program(c)
+            self.programs[id(c)] = self.program(c)
             self.advance(c)
         last_timer = t0
         while True:
-            for fd, _ in self.ep.poll(0.05):
+            for fd, events in self.ep.poll(0.05):
                 c = self.by_fd.get(fd)
                 if c is None:
                     continue
                 if isinstance(c.op, Dhcp):
                     self.on_dhcp(c)
+                elif isinstance(c.op, Http):
+                    self.on_http(c, events)
                 else:
                     self.on_tftp(c)
             now = time.monotonic()
@@ -463,6 +736,9 @@ class Storm:
                 {
                     "mac": c.mac, "ip": c.ip, "ok": not c.error, "error": c.error, "bytes": c.bytes,
                     "files": c.files, "retransmits": c.retransmits,
+                    "requests": c.requests, "connections": c.connections,
+                    "log": [(path, status, a - t0, b - t0) for path, status, a, b in c.log],
+                    "first_request": (c.first_request - t0) if c.first_request else None,
                     "total": (max(p[1] for p in c.phases.values()) - t0) if c.phases else None,
                     "phases": {k: v[1] - v[0] for k, v in c.phases.items()},
                 }

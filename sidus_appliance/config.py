@@ -11,7 +11,7 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,9 @@ class DnsConfig:
     upstreams: tuple[tuple[str, int], ...] = ()
     recursion_allowed: tuple[IPv4Network, ...] = ()  # empty: the lab subnet only
     transfer_allowed: tuple[IPv4Network, ...] = ()  # AXFR; empty: nobody
+    # Secondaries told of each new serial (RFC 1996 NOTIFY), as (address, port). Absent from the
+    # YAML: every single-host (/32) network of transfer_allowed, port 53.
+    notify: tuple[tuple[str, int], ...] = ()
     forward_timeout: float = 2.0
     records: tuple[DnsRecord, ...] = ()
     tcp_max_connections: int = 128  # TCP clients at once, all sources together
@@ -138,6 +141,27 @@ class HttpConfig:
     max_connections_per_client: int = 8  # connections one address may hold at once
     max_connections: int = 512  # HTTP connections at once, all clients together
     idle_timeout: float = 15.0  # seconds a kept-alive connection may stay silent
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    """The management page, its JSON/SSE API and /metrics: for the administrator, not the classroom."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # from `listen`; loopback unless the administrator opens it
+    port: int = 8067
+    token: str | None = field(default=None, repr=False)  # every request must carry it when set
+    stuck_after: float = 120.0  # seconds without progress before a boot counts as stuck
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Where a local client reaches it (a wildcard address answers on loopback too)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -177,6 +201,7 @@ class Config:
     tftp: TftpConfig = field(default_factory=TftpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     nfs: NfsConfig = field(default_factory=NfsConfig)
+    management: ManagementConfig = field(default_factory=ManagementConfig)
     hosts: tuple[Host, ...] = ()
     instances: tuple[Instance, ...] = ()
     kernel_args: str = "net.ifnames=0"
@@ -353,6 +378,7 @@ _TOP_KEYS = {
     "tftp",
     "http",
     "nfs",
+    "management",
     "hosts",
     "instances",
     "kernel_args",
@@ -391,6 +417,7 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
     dhcp = _build_dhcp(r, top.get("dhcp"), subnet)
     hosts = _build_hosts(r, top.get("hosts"), subnet, dhcp.pool, address.ip)
     nfs = _build_nfs(r, top.get("nfs"))
+    http = _build_http(r, top.get("http"))
     config = Config(
         interface=interface,
         address=address,
@@ -403,8 +430,9 @@ def _build(r: _Reader, data: Any, source: str) -> Config:
         dhcp=dhcp,
         dns=_build_dns(r, top.get("dns"), subnet),
         tftp=_build_tftp(r, top.get("tftp")),
-        http=_build_http(r, top.get("http")),
+        http=http,
         nfs=nfs,
+        management=_build_management(r, top.get("management"), address.ip, http),
         hosts=hosts,
         instances=_build_instances(r, top.get("instances"), nfs),
         kernel_args=r.text(top.get("kernel_args", "net.ifnames=0"), ("kernel_args",)),
@@ -529,6 +557,7 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
             "upstream",
             "recursion_allowed",
             "transfer_allowed",
+            "notify",
             "forward_timeout",
             "records",
             "tcp_max_connections",
@@ -538,6 +567,8 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
     )
     up = p + ("upstream",)
     upstreams = tuple(_upstream(r, item, up + (i,)) for i, item in enumerate(r.sequence(d.get("upstream"), up)))
+    transfer = r.networks(d.get("transfer_allowed"), p + ("transfer_allowed",))
+    notify = _notify_targets(r, d, p, transfer)
     records = []
     rp = p + ("records",)
     for i, item in enumerate(r.sequence(d.get("records"), rp)):
@@ -565,13 +596,32 @@ def _build_dns(r: _Reader, value: Any, subnet: IPv4Network) -> DnsConfig:
         ttl=r.integer(d.get("ttl", 3600), p + ("ttl",), 0, 2**31 - 1),
         upstreams=upstreams,
         recursion_allowed=r.networks(d.get("recursion_allowed"), p + ("recursion_allowed",)) or (subnet,),
-        transfer_allowed=r.networks(d.get("transfer_allowed"), p + ("transfer_allowed",)),
+        transfer_allowed=transfer,
+        notify=notify,
         forward_timeout=r.number(d.get("forward_timeout", 2.0), p + ("forward_timeout",), 0.1, 60),
         records=tuple(records),
         tcp_max_connections=r.integer(d.get("tcp_max_connections", 128), p + ("tcp_max_connections",), 1, 65536),
         tcp_max_per_client=r.integer(d.get("tcp_max_per_client", 8), p + ("tcp_max_per_client",), 1, 65536),
         tcp_idle_timeout=r.number(d.get("tcp_idle_timeout", 10.0), p + ("tcp_idle_timeout",), 0.5, 300),
     )
+
+
+def _notify_targets(r: _Reader, d: dict[str, Any], p: tuple[Any, ...],
+                    transfer: tuple[IPv4Network, ...]) -> tuple[tuple[str, int], ...]:
+    """`dns.notify`, or by default the single hosts of transfer_allowed: a /24 there names
+    secondaries we could not guess, a /32 names exactly one."""
+    if "notify" not in d:
+        return tuple((str(net.network_address), 53) for net in transfer if net.prefixlen == 32)
+    np_ = p + ("notify",)
+    targets = []
+    for i, item in enumerate(r.sequence(d["notify"], np_)):
+        target = _upstream(r, item, np_ + (i,))
+        if not any(IPv4Address(target[0]) in net for net in transfer):
+            raise r.fail(np_ + (i,), f"{target[0]} is not in dns.transfer_allowed: told of a new serial, it "
+                                     "could not fetch the zone")
+        if target not in targets:
+            targets.append(target)
+    return tuple(targets)
 
 
 def _upstream(r: _Reader, item: Any, path: tuple[Any, ...]) -> tuple[str, int]:
@@ -631,6 +681,51 @@ def _build_http(r: _Reader, value: Any) -> HttpConfig:
     )
 
 
+def _build_management(r: _Reader, value: Any, server: IPv4Address, http: HttpConfig) -> ManagementConfig:
+    p = ("management",)
+    d = r.mapping(value, p, {"enabled", "listen", "token", "stuck_after"})
+    defaults = ManagementConfig()
+    host, port = _listen(r, d.get("listen", defaults.listen), p + ("listen",), defaults.port)
+    if http.enabled and port == http.port and host in (str(server), "0.0.0.0", "::"):
+        raise r.fail(p + ("listen",), f"port {port} on {host} is the boot files' http.port; pick another port")
+    token = d.get("token")
+    if token is not None:
+        token = r.text(token, p + ("token",))
+        if not token or not token.isprintable() or any(c.isspace() for c in token):
+            raise r.fail(p + ("token",), "must be a non-empty string without spaces or control characters")
+    return ManagementConfig(
+        enabled=r.boolean(d.get("enabled", True), p + ("enabled",)),
+        host=host,
+        port=port,
+        token=token,
+        stuck_after=r.number(d.get("stuck_after", defaults.stuck_after), p + ("stuck_after",), 1, 86400),
+    )
+
+
+def _listen(r: _Reader, value: Any, path: tuple[Any, ...], default_port: int) -> tuple[str, int]:
+    """`127.0.0.1:8067`, `[::1]:8067`, or an address alone (default port) → (address, port)."""
+    text = r.text(value, path).strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise r.fail(path, f"{text!r} is not address:port (an IPv6 address goes in brackets: [::1]:8067)")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise r.fail(path, f"{text!r}: {host!r} is not an IP address (expected address:port)") from None
+    if not port:
+        return str(address), default_port
+    number = int(port) if port.isascii() and port.isdigit() else None
+    if number is None or not 1 <= number <= 65535:
+        raise r.fail(path, f"{text!r}: port {port!r} is not a whole number from 1 to 65535")
+    return str(address), number
+
+
 def _build_nfs(r: _Reader, value: Any) -> NfsConfig:
     p = ("nfs",)
     d = r.mapping(value, p, {
@@ -682,6 +777,18 @@ def _build_instances(r: _Reader, value: Any, nfs: NfsConfig) -> tuple[Instance, 
             )
         )
     return tuple(out)
+
+
+def _describe_management(m: ManagementConfig) -> str:
+    if not m.enabled:
+        return "management: off"
+    if m.token is not None:
+        access = "token required"
+    elif ip_address(m.host).is_loopback:
+        access = "no token, this host only"
+    else:
+        access = "no token: anyone who reaches it sees every machine"
+    return f"management: on {m.listen} ({access}), boots stuck after {m.stuck_after:g}s without progress"
 
 
 # --------------------------------------------------------------------------- paths on this host
@@ -763,6 +870,7 @@ def describe(config: Config) -> str:
         f"recursion for {', '.join(map(str, n.recursion_allowed))}, "
         f"axfr for {', '.join(map(str, n.transfer_allowed)) or 'nobody'}"
     )
+    lines.append(f"  notify     -> {', '.join(f'{a}:{port}' for a, port in n.notify) or 'nobody'}")
     lines.append(
         f"  tcp        -> {n.tcp_max_connections} connections, {n.tcp_max_per_client} per client, "
         f"idle timeout {n.tcp_idle_timeout:g}s"
@@ -780,5 +888,6 @@ def describe(config: Config) -> str:
     )
     for inst in config.instances:
         lines.append(f"instance:    {inst.name} root {inst.root} modes {','.join(inst.modes)}")
+    lines.append(_describe_management(config.management))
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 DRACUT_MODULE = ("dracut", "90sidus")  # our dracut module, copied into each instance
 BOOTFILES_MANIFEST = ("bootfiles.manifest",)  # which Debian package files become the boot tree
 EXAMPLE_CONFIG = ("config.example.yaml",)  # the documented example, also the lab's base config
+SYSTEMD_UNIT = ("systemd", "sidus-appliance.service")  # `service install` fills in its @FIELDS@
 
 
 def data_path(*parts: str) -> Path:

@@ -1,4 +1,6 @@
-"""One asyncio process running every enabled service: wiring, signals, reload, privilege drop."""
+"""One asyncio process running every enabled service: wiring, signals, reload, privilege drop,
+and readiness for systemd (`sdnotify.py`: READY once every port is bound, RELOADING on SIGHUP,
+STOPPING on SIGTERM)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pyroute2 import IPRoute
 
 from .config import Config, ConfigError, check_paths, load_config
 from .dhcp.leases import LeaseStore
+from .observe.observer import Observer
+from .sdnotify import Notifier
 
 log = logging.getLogger("sidus")
 
@@ -56,29 +60,43 @@ def check_interface(config: Config) -> None:
         )
 
 
-def build_services(config: Config, leases: LeaseStore) -> dict[str, Service]:
+def build_services(config: Config, leases: LeaseStore, observer: Observer | None = None) -> dict[str, Service]:
     """The enabled services by name, in start order (DHCP last would leave clients without DNS)."""
+    observer = observer if observer is not None else Observer(config, leases)
     services: dict[str, Service] = {}
     if config.dhcp.enabled:
         from .dhcp.service import DhcpService
 
-        services["dhcp"] = DhcpService(config, leases, logging.getLogger("sidus.dhcp"))
+        dhcp = DhcpService(config, leases, logging.getLogger("sidus.dhcp"), observer)
+        services["dhcp"] = dhcp
+        observer.stats.add("dhcp", lambda: dhcp.core.stats)
     if config.dns.enabled:
         from .dns.service import DnsService
 
-        services["dns"] = DnsService(config, leases, logging.getLogger("sidus.dns"))
+        dns = DnsService(config, leases, logging.getLogger("sidus.dns"))
+        services["dns"] = dns
+        observer.stats.add("dns", dns.core.counters)
     if config.tftp.enabled:
         from .tftp.service import TftpService
 
-        services["tftp"] = TftpService(config, leases, logging.getLogger("sidus.tftp"))
+        tftp = TftpService(config, leases, logging.getLogger("sidus.tftp"), observer)
+        services["tftp"] = tftp
+        observer.stats.add("tftp", lambda: tftp.stats)
     if config.http.enabled:
         from .http.service import HttpService
 
-        services["http"] = HttpService(config, leases, logging.getLogger("sidus.http"))
+        http = HttpService(config, leases, logging.getLogger("sidus.http"), observer)
+        services["http"] = http
+        observer.stats.add("http", lambda: http.stats)
     if config.dhcp.enabled and config.dhcp.ipv6_ra_quench:
         from .ra import RaQuenchService
 
         services["ra"] = RaQuenchService(config, leases, logging.getLogger("sidus.ra"))
+    if config.management.enabled:
+        from .observe.web import ManagementService
+
+        services["management"] = ManagementService(config, observer.tracker, observer.registry,
+                                                   logging.getLogger("sidus.management"))
     return services
 
 
@@ -265,6 +283,10 @@ def service_user(config: Config) -> ServiceUser | None:
     if config.user is None:
         return None
     user = lookup_user(config.user)
+    if os.geteuid() == user.uid and os.geteuid() != 0:
+        # The systemd unit starts us as that user with the capabilities we need: nothing to drop.
+        log.info("user: already running as %s (uid %d)", user.name, user.uid)
+        return None
     if os.geteuid() != 0:
         raise StartupError(f"user: {user.name} is set, but serve does not run as root (uid {os.geteuid()})")
     return user
@@ -288,11 +310,13 @@ def raise_open_files_limit() -> int:
 
 
 class Appliance:
-    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.notifier = notifier or Notifier({})  # {}: no NOTIFY_SOCKET, every message a no-op
         self.services: dict[str, Service] = {}
         self.leases: LeaseStore | None = None
+        self.observer: Observer | None = None
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -318,8 +342,9 @@ class Appliance:
         # The loaded lease table lives as long as the process: keep full collections from
         # walking it (bench/dhcp measured 120-270 ms stalls with 300k leases).
         gc.freeze()
+        self.observer = Observer(self.config, self.leases)
         try:
-            for name, service in build_services(self.config, self.leases).items():
+            for name, service in build_services(self.config, self.leases, self.observer).items():
                 try:
                     await service.start()
                 except OSError as exc:
@@ -330,8 +355,8 @@ class Appliance:
                 drop_privileges(user)
             state.close()
             self._install_signals()
-            names = ", ".join(self.services) or "nothing"
-            log.info("ready: serving %s on %s (%s)", names, self.config.interface, self.config.address)
+            log.info("ready: %s", self._serving())
+            self.notifier.ready(self._serving())  # every port is bound: systemd may start what follows us
             await self.stopping.wait()
         finally:
             for service in reversed(list(self.services.values())):
@@ -339,6 +364,10 @@ class Appliance:
                     service.close()
             self.leases.close()
             log.info("stopped")
+
+    def _serving(self) -> str:
+        names = ", ".join(self.services) or "nothing"
+        return f"serving {names} on {self.config.interface} ({self.config.address})"
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -348,18 +377,30 @@ class Appliance:
 
     def _stop(self, sig: signal.Signals) -> None:
         log.info("%s received: shutting down", sig.name)
+        self.notifier.stopping(f"{sig.name} received: shutting down")
         self.stopping.set()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; keep leases; a bad config keeps the running one."""
+        """SIGHUP: re-read the config; keep leases; a bad config keeps the running one.
+        systemd hears RELOADING first and READY again once the new config (or the old) serves."""
         if self.config_path is None:
             return
+        self.notifier.reloading()
+        refused = True
         try:
-            new = load_config(self.config_path)
+            refused = not self._reload(self.config_path)
+        finally:
+            refusal = "; the last reload was refused (see the log)" if refused else ""
+            self.notifier.ready(self._serving() + refusal)
+
+    def _reload(self, config_path: Path) -> bool:
+        """Apply the config file; False if it is refused."""
+        try:
+            new = load_config(config_path)
             check_paths(new)  # a boot tree or instance root that vanished: keep serving the old one
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
-            return
+            return False
         changed = [
             k for k in ("interface", "address", "state_dir", "user") if getattr(new, k) != getattr(self.config, k)
         ]
@@ -367,24 +408,34 @@ class Appliance:
             log.warning("reload: %s changed; restart to apply those (the rest is applied now)", ", ".join(changed))
             new = new.with_overrides(**{k: getattr(self.config, k) for k in changed})
         self.config = new
+        if self.observer is not None:
+            self.observer.reload(new)
         for name, service in self.services.items():
             try:
                 service.reload(new)
             except Exception:
                 log.exception("reload of %s failed", name)
-        log.info("reloaded %s: %d reservations", self.config_path, len(new.hosts))
+        log.info("reloaded %s: %d reservations", config_path, len(new.hosts))
+        return True
 
 
 def serve(config_path: Path) -> int:
-    config = load_config(config_path)
-    check_paths(config)  # ConfigError: the CLI names file:line and key, exits 2
-    raise_open_files_limit()
-    appliance = Appliance(config, config_path)
+    notifier = Notifier()  # takes NOTIFY_SOCKET out of the environment (a no-op without it)
     try:
+        config = load_config(config_path)
+        check_paths(config)  # ConfigError: the CLI names file:line and key, exits 2
+        raise_open_files_limit()
+        appliance = Appliance(config, config_path, notifier)
         # Before the loop starts: pyroute2's synchronous API runs an event loop of its own.
         check_interface(config)
         asyncio.run(appliance.run())
     except StartupError as exc:
         log.error("%s", exc)
+        notifier.status(f"not started: {exc}")  # what `systemctl status` shows beside the exit code
         return 2
+    except ConfigError as exc:
+        notifier.status(f"config error: {exc}")
+        raise
+    finally:
+        notifier.close()
     return 0

@@ -6,8 +6,10 @@ which then boots the machine's menu as an iPXE client. Not the signed shim, alth
 machines are modern ones: measured with OVMF, shim loads Debian 12's signed GRUB over HTTP, but
 that GRUB (2.06) has no HTTP support and no network configuration after an HTTP boot, so it stops
 at its prompt. Secure Boot machines boot the signed chain over PXE/TFTP (arch 7/9 ->
-efi64/shimx64.efi); a reservation can still name shim for its HTTP boot. The config may override any row (`dhcp.boot_files`), the fallback
-(`dhcp.default_boot_file`) and, per reservation, any row for that machine (`hosts[].boot_files`).
+efi64/shimx64.efi); a reservation can still name shim for its HTTP boot.
+
+The config may override any row (`dhcp.boot_files`), the fallback (`dhcp.default_boot_file`)
+and, per reservation, any row for that machine (`hosts[].boot_files`).
 
 HTTP-boot firmware and iPXE (when `http.transfer: http`) are given a full `http://` URL: the
 service builds it from `BootSpec.loader` when `over_http` is set.

@@ -1,4 +1,4 @@
-"""Command line: serve, check, leases, menu, bootfiles, exports, image, lab.
+"""Command line: serve, check, status, leases, menu, bootfiles, exports, image, service, lab.
 
 All argparse lives in this package (one module per command group); the domain modules never
 import it.
@@ -11,7 +11,7 @@ import logging
 import sys
 
 from ..config import ConfigError, describe, normalize_mac, path_problems
-from . import bootfiles, exports, image, lab
+from . import bootfiles, exports, image, lab, service, status
 from .common import command, config_of
 
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(commands, "leases", cmd_leases, "list the lease table")
     p = command(commands, "menu", cmd_menu, "print the pxelinux menu a MAC would receive")
     p.add_argument("--mac", help="client MAC (default: the default menu)")
-    for module in (bootfiles, exports, image, lab):
+    for module in (status, bootfiles, exports, image, service, lab):
         module.register(commands)
     return parser
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from ..lab import demo, qemu
 from .common import Commands, command, group
 
-BOOT_FIRMWARE_HELP = "bios: SeaBIOS+iPXE (arch 0); uefi: OVMF+iPXE (arch 7); uefi-native: OVMF's own PXE"
+BOOT_FIRMWARE_HELP = ("bios: SeaBIOS+iPXE (arch 0); uefi: OVMF+iPXE (arch 7); uefi-native: OVMF's own PXE; "
+                      "uefi-secure: the same with Secure Boot enforced; uefi-http: OVMF's UEFI HTTP boot (arch 16); "
+                      "uefi-secure-http: both")
 
 
 def register(commands: Commands) -> None:

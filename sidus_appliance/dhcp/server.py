@@ -75,6 +75,7 @@ from .codec import (
     parse,
 )
 from .leases import BOUND, DECLINED, OFFERED, Lease, LeaseStore, LeaseStoreError
+from .names import ClientNames
 
 # An offered address stays reserved for the client this long (clients REQUEST within a second;
 # a flood's offers must not hold the pool for long, and a tight pool takes them back earlier).
@@ -192,6 +193,7 @@ class DhcpServer:
         self._lease_seconds = None if lease_time == INFINITE_LEASE else float(lease_time)
         self._next_server = str(config.server_ip).encode()
         self._names: dict[IPv4Address, str] = {}  # pool name by address, memoised
+        self._client_names = ClientNames(config, self.leases.all())  # follows the changes _reconcile makes
         return self._reconcile()
 
     def _reconcile(self) -> list[str]:
@@ -287,11 +289,16 @@ class DhcpServer:
         if address is None:
             return [], self._decision(pkt, client, "IGNORE", None, why)
         name = self._name_for(mac, address)
+        client_hostname = _client_hostname(pkt)
         lease = self.leases.by_mac(mac)
+        # The REQUEST will commit (and so make this lease the latest to claim its client's
+        # name) unless it would store exactly the bound lease already there.
+        last = self._lease_seconds is not None or lease != Lease(mac, address, name, None, BOUND, client_hostname)
         if lease is None or lease.address != address or lease.state == OFFERED:
             # Hold the address for this client while it decides; memory only, never journalled.
-            self.leases.commit(Lease(mac, address, name, now + OFFER_HOLD, OFFERED, _client_hostname(pkt)))
-        reply = self._reply(pkt, OFFER, address, client, name)
+            self.leases.commit(Lease(mac, address, name, now + OFFER_HOLD, OFFERED, client_hostname))
+        told = self._told_name(mac, client_hostname, name, now, last=last)
+        reply = self._reply(pkt, OFFER, address, client, told)
         return [reply], self._decision(pkt, client, "OFFER", address, why)
 
     def _request(self, pkt: DhcpPacket, client: BootSpec, now: float) -> tuple[list[Reply], Decision]:
@@ -331,9 +338,11 @@ class DhcpServer:
         name = self._name_for(mac, assigned)
         expires = None if self._lease_seconds is None else now + self._lease_seconds
         lease = Lease(mac, assigned, name, expires, BOUND, _client_hostname(pkt))
-        if self.leases.by_mac(mac) != lease:
+        committed = self.leases.by_mac(mac) != lease
+        if committed:
             self.leases.commit(lease)  # durable before the ACK leaves
-        reply = self._reply(pkt, ACK, assigned, client, name)
+        told = self._told_name(mac, lease.client_hostname, name, now, last=committed)
+        reply = self._reply(pkt, ACK, assigned, client, told)
         return [reply], self._decision(pkt, client, "ACK", assigned, state)
 
     def _decline(self, pkt: DhcpPacket, client: BootSpec, now: float) -> tuple[list[Reply], Decision]:
@@ -482,12 +491,20 @@ class DhcpServer:
             name = self._names[address] = self._pool.name_for(address)
         return name
 
+    def _told_name(self, mac: str, client_hostname: str | None, own_name: str, now: float, *, last: bool) -> str:
+        """Option 12 of the OFFER and ACK: the name DNS publishes for the lease (names.py), so
+        that what the client is told, its A and its PTR agree. A reservation keeps its name."""
+        if mac in self._hosts:
+            return own_name
+        return self._client_names.published(mac, client_hostname, own_name, now, last=last)
+
     # ------------------------------------------------------------------ expiry
 
     def _on_lease_change(self, old: Lease | None, new: Lease | None) -> None:
         """Keep the free list, expiry heaps and quarantine counts in step with every store change."""
         if self._changes is not None:
             self._changes.append((old, new))
+        self._client_names.changed(old, new)
         if old is not None and old.state == DECLINED and old.declined_by:
             self._quarantined_by[old.declined_by] -= 1
             if self._quarantined_by[old.declined_by] <= 0:

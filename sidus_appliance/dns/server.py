@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import CLASS, EDNS0, QTYPE, RCODE, SOA, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
+from .xfr import Journal, ixfr_records, serial_newer
 from .zone import Zone
 
 UDP_PAYLOAD = 1232  # what we advertise and the most we send over UDP (DNS flag day 2020)
@@ -122,16 +123,22 @@ class DnsServer:
         self.stats: Counter[str] = Counter()
         self.hits = 0  # kept apart from `stats`: a plain attribute is cheaper on the hot path
         self._ra: dict[str, int] = {}
+        self.journal = Journal()  # the changes between successive zones, for IXFR
+        self.zone = zone
         self.set_zone(zone, warm)
 
     # ------------------------------------------------------------------ configuration
 
-    def set_zone(self, zone: Zone, warm: bool = True) -> None:
+    def set_zone(self, zone: Zone, warm: bool = True) -> frozenset[str]:
+        """Serve `zone` from now on; returns the apexes whose records differ from the zone before
+        (the journal keeps the difference for IXFR)."""
+        changed = self.journal.record(self.zone, zone)
         self.zone = zone
         self._plain: dict[bytes, tuple] = {}
         self._edns: dict[bytes, tuple] = {}
         if warm:
             self.warm()
+        return changed
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -265,7 +272,8 @@ class DnsServer:
             self.report("unsupported opcode", client, str(header.opcode))
             return self._header_only(data, RCODE.NOTIMP)
         opts = [rr for rr in request.ar if rr.rtype == QTYPE.OPT]
-        if len(request.questions) != 1 or len(opts) > 1 or request.rr or request.auth:
+        ixfr = len(request.questions) == 1 and request.q.qtype == QTYPE.IXFR
+        if len(request.questions) != 1 or len(opts) > 1 or request.rr or len(request.auth) > ixfr:
             return self._formerr(data, client, f"{len(request.questions)} questions, {len(opts)} OPT, "
                                                f"{len(request.rr)} answers, {len(request.auth)} authority")
         opt = opts[0] if opts else None
@@ -328,23 +336,42 @@ class DnsServer:
         table[key] = (_flag_block(wire[2], wire[3], wire[4:12]), tail, len(wire))
 
     def _transfer(self, request: DNSRecord, name: str, client: str, tcp: bool) -> bytes | list[bytes]:
-        """AXFR (and IXFR, answered with the full zone as RFC 1995 allows) for allowed clients."""
+        """AXFR, and IXFR (incremental from the journal, else the whole zone, RFC 1995), for
+        allowed clients."""
         ra = self.policy.recursion_for(client)
         if not tcp and request.q.qtype == QTYPE.AXFR:
             self.stats["formerr"] += 1
             self.report("malformed query", client, "AXFR over UDP")
             return self._error(request, RCODE.FORMERR, ra=ra)  # AXFR is TCP-only (RFC 5936)
+        client_serial = None
+        if request.auth:  # IXFR: the client's SOA, whose serial is the version it holds (RFC 1995 §3)
+            soa = request.auth[0]
+            if (soa.rtype != QTYPE.SOA or not isinstance(soa.rdata, SOA)
+                    or str(soa.rname).rstrip(".").lower() != name):
+                self.stats["formerr"] += 1
+                self.report("malformed query", client, "IXFR without the zone's SOA in authority")
+                return self._error(request, RCODE.FORMERR, ra=ra)
+            client_serial = soa.rdata.times[0]
         if name not in self.zone.apexes or not self.policy.transfer_for(client):
             self.stats["refused"] += 1
             self.report("refused", client, "zone transfer not allowed")
             return self._error(request, RCODE.REFUSED, ra=ra)
-        if not tcp:  # IXFR over UDP: our current SOA alone means "ask again over TCP" (RFC 1995 §4)
-            reply = DNSRecord(DNSHeader(id=request.header.id, qr=1, aa=1, rd=request.header.rd, ra=int(ra)))
+        if not tcp:
+            # IXFR over UDP: our SOA alone, as BIND and Knot send; RFC 1995 §2 reads it as "up to
+            # date" when the serial is the client's, else as "ask again over TCP", which TC says too.
+            self.stats["ixfr_udp"] += 1
+            current = client_serial is not None and not serial_newer(self.zone.serial, client_serial)
+            reply = DNSRecord(DNSHeader(id=request.header.id, qr=1, aa=1, tc=int(not current),
+                                        rd=request.header.rd, ra=int(ra)))
             reply.add_question(request.q)
             reply.add_answer(self.zone.soa(name))
             return bytes(reply.pack())
-        self.stats["axfr"] += 1
-        records = self.zone.transfer(name)
+        if request.q.qtype == QTYPE.AXFR:
+            kind, records = "axfr", self.zone.transfer(name)
+        else:
+            kind, records = ixfr_records(self.zone, name, client_serial, self.journal)
+            kind = f"ixfr_{kind}"
+        self.stats[kind] += 1
         messages = []
         for start in range(0, len(records), AXFR_CHUNK):
             msg = DNSRecord(DNSHeader(id=request.header.id, qr=1, aa=1, rd=request.header.rd, ra=int(ra)))

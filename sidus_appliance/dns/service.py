@@ -2,7 +2,9 @@
 
 The core (`server.py`) decides; this module only moves bytes, keeps time, and rebuilds the
 zone when a bound lease changes: at once after a quiet spell, at most once per REBUILD_DELAY
-during a boot storm, so names appear well within a second of the ACK.
+during a boot storm, so names appear well within a second of the ACK. Each zone whose records
+changed is announced to the secondaries (`notify.Notifier` decides what to send and when; a
+socket bound to the appliance's address sends it), so they transfer it, incrementally, at once.
 
 Whatever a client sends, the log gets at most one line per (problem, source) per minute
 (`RateLimitedLog`) and never a traceback; TCP connections are budgeted by `tcp.TcpPool`.
@@ -20,11 +22,12 @@ import struct
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ..config import Config
 from ..dhcp.leases import Lease, LeaseState, LeaseStore
 from ..ratelimit import RateLimitedLog
+from .notify import Notifier, Outcome, notify_source
 from .server import MAX_TCP_MESSAGE, DnsServer, Forward, Policy
 from .tcp import TcpConn, TcpPool
 from .zone import ZoneBuilder
@@ -177,6 +180,9 @@ class DnsService:
         self._expiry_handle: asyncio.TimerHandle | None = None
         self._warm_handle: asyncio.TimerHandle | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._notify_handle: asyncio.TimerHandle | None = None
+        self.notifier = Notifier(config.dns.notify)
+        self._notify_socket: _NotifySocket | None = None
         self._last_rebuild = float("-inf")
         self._closed = False
 
@@ -208,6 +214,7 @@ class DnsService:
             raise
         self.leases.subscribe(self._lease_changed)
         self._arm_expiry(self._bound())
+        self._announce(self.zone.apexes)  # as BIND does on loading a zone: our serial is new
         self._step_warm(self.core.warming())
         self._sweep_tcp()
         self.log.info("dns: serving %s and %s on %s port %d (serial %d, %d records)",
@@ -218,9 +225,13 @@ class DnsService:
         if not self._closed and self._listeners:
             self.log.info("dns: counters %s", " ".join(f"{k}={v}" for k, v in sorted(self.core.counters().items())))
         self._closed = True
-        for handle in (self._rebuild_handle, self._expiry_handle, self._warm_handle, self._sweep_handle):
+        for handle in (self._rebuild_handle, self._expiry_handle, self._warm_handle, self._sweep_handle,
+                       self._notify_handle):
             if handle is not None:
                 handle.cancel()
+        if self._notify_socket is not None:
+            self._notify_socket.close()
+            self._notify_socket = None
         for listener in [*self._listeners, *self._tcp_listeners]:
             listener.close()
         for connection in list(self._tcp.values()):
@@ -237,6 +248,7 @@ class DnsService:
         self.config = config
         self.core.set_policy(policy_of(config))
         self.tcp_pool.configure(*tcp_limits(config))
+        self.notifier.configure(config.dns.notify)
         self._rebuild(reason="reload", force=True)
 
     # ------------------------------------------------------------------ zone updates
@@ -288,7 +300,8 @@ class DnsService:
         # The memo is emptied at once (no stale answer survives the swap) and refills from
         # queries; the whole zone is precomputed again once changes pause (WARM_DELAY), in
         # small steps between datagrams, so a boot storm never pays for repeated warm-ups.
-        self.core.set_zone(self.zone, warm=False)
+        changed = self.core.set_zone(self.zone, warm=False)
+        self._announce(set(self.zone.apexes) if force else changed)
         if self._warm_handle is not None:
             self._warm_handle.cancel()
         if self._loop is not None:
@@ -300,6 +313,87 @@ class DnsService:
             return
         if next(steps, StopIteration) is not StopIteration:
             self._loop.call_soon(self._step_warm, steps)
+
+    # ------------------------------------------------------------------ NOTIFY
+
+    def _announce(self, apexes: Iterable[str]) -> None:
+        """Tell the secondaries these zones have a new serial (the notifier spaces and retries)."""
+        if self._closed or self._loop is None or not self.notifier.targets:
+            return
+        self.notifier.changed([self.zone.soa(apex) for apex in self.zone.apexes if apex in apexes], self._loop.time())
+        self._pump_notify()
+
+    def _pump_notify(self) -> None:
+        """Send what the notifier says is due, report what ended, and wake up when more is due."""
+        self._notify_handle = None
+        if self._closed or self._loop is None:
+            return
+        datagrams, ended = self.notifier.poll(self._loop.time())
+        sock = self._notify_sock() if datagrams else None
+        for datagram in datagrams:
+            self.core.stats["notify_sent"] += 1
+            self.log.debug("dns: NOTIFY %s serial %d to %s:%d (try %d)", datagram.apex, datagram.serial,
+                           *datagram.target, datagram.attempt)
+            if sock is None:
+                continue  # counted as sent and lost: the notifier retries, then reports it unanswered
+            try:
+                sock.sendto(datagram.data, datagram.target)
+            except OSError as exc:
+                self.core.stats["send_errors"] += 1
+                self.warnings.warning(("notify send", datagram.target), "dns: NOTIFY to %s:%d not sent: %s",
+                                      *datagram.target, exc.strerror)
+        for outcome in ended:
+            self.notify_outcome(outcome)
+        self._arm_notify()
+
+    def _arm_notify(self) -> None:
+        if self._notify_handle is not None:
+            self._notify_handle.cancel()
+            self._notify_handle = None
+        deadline = self.notifier.deadline()
+        if deadline is not None and self._loop is not None and not self._closed:
+            self._notify_handle = self._loop.call_at(deadline, self._pump_notify)
+
+    def _notify_sock(self) -> socket.socket | None:
+        """The NOTIFY socket, (re)bound when first needed or when the source address changed."""
+        source = notify_source([str(a) for a in self.config.dns.listen], str(self.config.server_ip))
+        current = self._notify_socket
+        if current is not None and current.source == source:
+            return current.sock
+        if current is not None:
+            current.close()
+            self._notify_socket = None
+        try:
+            self._notify_socket = _NotifySocket(self, source)
+        except OSError as exc:
+            self.warnings.warning(("notify socket", source), "dns: cannot send NOTIFY from %s: %s; secondaries "
+                                  "will see changes at their next SOA refresh", source, exc.strerror)
+            return None
+        return self._notify_socket.sock
+
+    def notify_answer(self, data: bytes, source: tuple[str, int]) -> None:
+        outcome = self.notifier.received(data, source)
+        if outcome is None:
+            self.core.stats["notify_ignored"] += 1
+            return
+        self.notify_outcome(outcome)
+        self._arm_notify()
+
+    def notify_outcome(self, outcome: Outcome) -> None:
+        target = f"{outcome.target[0]}:{outcome.target[1]}"
+        if outcome.result == "answered":
+            self.core.stats["notify_answered"] += 1
+            self.log.debug("dns: NOTIFY %s serial %d answered by %s", outcome.apex, outcome.serial, target)
+        elif outcome.result == "error":
+            self.core.stats["notify_refused"] += 1
+            self.warnings.warning(("notify error", outcome.target), "dns: secondary %s answered NOTIFY for %s "
+                                  "with %s: does it take NOTIFY from this server?", target, outcome.apex,
+                                  outcome.detail)
+        else:
+            self.core.stats["notify_unanswered"] += 1
+            self.warnings.warning(("notify unanswered", outcome.target), "dns: secondary %s did not answer NOTIFY "
+                                  "for %s (serial %d, %s); it will see the change at its next SOA refresh",
+                                  target, outcome.apex, outcome.serial, outcome.detail)
 
     # ------------------------------------------------------------------ forwarding
 
@@ -443,6 +537,41 @@ class DnsService:
         place = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
         self.warnings.error(("internal error", client), "dns: internal error (%s%s) on a %d-byte message from %s: %s",
                             type(exc).__name__, place, len(data), client, data[:64].hex())
+
+
+class _NotifySocket:
+    """The UDP socket NOTIFYs leave from (an ephemeral port on the source address) and their
+    answers come back to, read straight from the selector like the listeners."""
+
+    def __init__(self, service: DnsService, source: str) -> None:
+        self.service, self.source = service, source
+        self.loop = asyncio.get_running_loop()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.bind((source, 0))
+        except OSError:
+            self.sock.close()
+            raise
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(_UdpListener.BATCH):
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error queued on the socket: the notifier's retries cover it
+                continue
+            try:
+                self.service.notify_answer(data, addr)
+            except Exception as exc:  # the notifier should never raise
+                self.service.crashed(data, addr[0], exc)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 class _TcpListener:

@@ -219,6 +219,10 @@ class Zone:
     def soa(self, apex: str) -> RR:
         return self._apex[apex][QTYPE.SOA][0]
 
+    def rr(self, rec: Rec) -> RR:
+        """One record as a dnslib RR (built once, shared with the builder's other zones)."""
+        return self._rr(rec)
+
     def lookup(self, name: str, qtype: int) -> Lookup | None:
         """Authoritative answer for `name` (lowercase, no dot); None when outside our zones."""
         apex = self.apex_of(name)
@@ -401,8 +405,8 @@ def zone_content(config: Config, leases: Iterable[LeaseLike] = ()) -> tuple[Cont
     return ZoneBuilder().content(config, leases)
 
 
-def _static_part(config: Config) -> Static:
-    """The config-only records."""
+def _config_tiers(config: Config) -> _Builder:
+    """The appliance, the reservations and `dns.records`, in precedence order (the pool next)."""
     b = _Builder(config)
     b.host(NS_LABEL, config.server_ip, "appliance", b.ttl)
     for h in config.hosts:
@@ -410,6 +414,25 @@ def _static_part(config: Config) -> Static:
             b.problems.append(f"hosts: {h.name} clashes with the appliance's own name; not in DNS")
     for i, rec in enumerate(config.dns.records):
         b.extra(i, rec.name, rec.type, rec.value, rec.ttl)
+    return b
+
+
+def held_names(config: Config) -> frozenset[str]:
+    """The owners a client's own name (option 12) can never take, as `_content` refuses them:
+    everything the config's tiers hold, and every pool name. DHCP asks, to tell a client in
+    its ACK the name this zone will publish for it; cheaper than `_static_part` (no records
+    for the pool)."""
+    b = _config_tiers(config)
+    owners = set(b.addresses) | {owner for owner, _, _ in b.records}
+    pool = config.dhcp.pool
+    if pool is not None:
+        owners.update(b.fqdn(pool.name_for(ip)) for ip in pool.addresses())
+    return frozenset(owners)
+
+
+def _static_part(config: Config) -> Static:
+    """The config-only records."""
+    b = _config_tiers(config)
     fixed_ptr = set(b.ptrs) | {h.address for h in config.hosts} | {config.server_ip}
     pool_ptr: set[str] = set()
     if config.dhcp.pool is not None:

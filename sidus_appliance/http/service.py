@@ -143,7 +143,7 @@ class HttpService:
             return web.Response(status=405, headers={"Allow": "GET, HEAD"}, text="read-only boot tree\n")
         path = unquote(request.raw_path.split("?", 1)[0], errors="surrogateescape")
         try:
-            resolved = self.tree.resolve(path)
+            resolved = self.tree.resolve(path, client=request.remote)
         except TreeError as exc:
             return self._refused(client, path, exc)
         except OSError as exc:  # the tree maps what it expects; anything else is this request's failure

@@ -5,6 +5,8 @@
     qemu.py        QEMU PXE clients (SeaBIOS+iPXE, OVMF+iPXE, OVMF's own PXE) booting to a marker
     testkernel.py  a Debian kernel and a busybox initramfs that prints the marker
     ganesha.py     nfs-ganesha and rpcbind started inside a namespace with a private /run
+    browser.py     headless Chromium driven over the DevTools protocol (the management page)
+    unprivileged.py  serve as the systemd unit runs it: a non-root user, the unit's capabilities only
     demo.py        `lab up|boot|down|status|demo` (the argparse side is in cli/lab.py)
 """
 

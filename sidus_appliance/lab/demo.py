@@ -25,6 +25,7 @@ from .. import bootfiles
 from ..boot.kernels import kernel_name
 from ..config import load_config, normalize_mac
 from . import qemu, testkernel
+from .browser import Browser, BrowserError
 from .netns import PREFIX, ApplianceProcess, Lab, run_udhcpc, write_lab_config
 
 STATE_DIR = Path("/run/sidus-appliance-lab")
@@ -32,8 +33,18 @@ DEMO_TAG = "demo"
 INSTANCE = "lab"
 BOOT_TIMEOUT = 240.0  # TCG on a busy 2-core box; a healthy boot takes 20-45 s
 MASTER_MAC = "08:00:aa:bb:cc:dd"
-# A BIOS client gets the default (overlay) menu; the UEFI one is the master and gets read-write.
-DEMO_BOOTS: tuple[tuple[qemu.Firmware, str], ...] = (("bios", "52:54:00:5a:00:01"), ("uefi", MASTER_MAC))
+PAGE_URL = "http://127.0.0.1:8067/"  # the management page, on the lab namespace's loopback
+SCREENSHOT = Path("demo-status.png")  # written in the current directory
+SECURE_MAC = "52:54:00:5a:00:04"  # a stock PC with Secure Boot on: its reservation names the signed chain
+# A BIOS client gets the default (overlay) menu; the UEFI one is the master and gets read-write;
+# the Secure Boot one boots shim -> GRUB -> the Debian-signed kernel.
+DEMO_BOOTS: tuple[tuple[qemu.Firmware, str], ...] = (
+    ("bios", "52:54:00:5a:00:01"), ("uefi", MASTER_MAC), ("uefi-secure", SECURE_MAC),
+)
+DEMO_HOSTS = [
+    {"name": "master", "mac": MASTER_MAC, "address": "10.20.17.253", "profile": "master"},
+    {"name": "secure-pc", "mac": SECURE_MAC, "address": "10.20.17.250", "boot_files": {7: "efi64/shimx64.efi"}},
+]
 DEMO_BOOTS_ALL = (*DEMO_BOOTS, ("uefi-native", "52:54:00:5a:00:03"))
 
 
@@ -64,8 +75,9 @@ def prepare_workdir(workdir: Path) -> tuple[Path, testkernel.TestKernel]:
     instance_root = workdir / "nfsroot" / INSTANCE
     kernel = testkernel.publish(instance_root)
     done(kernel_name(kernel.version, INSTANCE))
-    config_path = write_lab_config(workdir, testkernel.instance_overrides(instance_root, INSTANCE))
-    done = _step("boot loaders staged from Debian packages (pxelinux, syslinux-efi)")
+    overrides = {**testkernel.instance_overrides(instance_root, INSTANCE), "hosts": DEMO_HOSTS}
+    config_path = write_lab_config(workdir, overrides)
+    done = _step("boot loaders staged from Debian packages (pxelinux, syslinux-efi, signed shim and GRUB, iPXE)")
     report = bootfiles.install(load_config(config_path))
     if report.missing:
         raise SystemExit(f"boot loaders missing: {report}")
@@ -195,6 +207,8 @@ def demo(boots: tuple[tuple[qemu.Firmware, str], ...] = DEMO_BOOTS) -> int:
             print()
             if boot_rows:
                 _table(header, boot_rows)
+            print()
+            _status_page(the_lab, [mac for _, mac in boots], SCREENSHOT)
             appliance.stop()
             print()
             print("appliance log (DHCP decisions, TFTP transfers, IPv6 RAs):")
@@ -206,6 +220,26 @@ def demo(boots: tuple[tuple[qemu.Firmware, str], ...] = DEMO_BOOTS) -> int:
         if appliance is not None:
             appliance.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _status_page(the_lab: Lab, macs: list[str], path: Path) -> None:
+    """The management page after the boots, in headless Chromium inside the lab, as a PNG."""
+    done = _step(f"management page {PAGE_URL} (inside the lab's namespace) in headless Chromium")
+    try:
+        with Browser(netns=the_lab.server_ns) as browser:
+            browser.open(PAGE_URL)
+            for mac in macs:
+                browser.wait_for(f"document.querySelector('tr[data-mac=\"{mac}\"]') !== null", timeout=30)
+            if macs:
+                browser.evaluate(f"document.querySelector('tr[data-mac=\"{macs[0]}\"]').click()")
+                browser.wait_for(f"document.querySelector('#timeline[data-mac=\"{macs[0]}\"]') !== null", timeout=10)
+            browser.screenshot(path)
+    except (BrowserError, TimeoutError, OSError) as exc:
+        done(f"no screenshot: {exc}")
+        return
+    done(f"wrote {path}")
+    print(f"    the page: {PAGE_URL} (ip netns exec {the_lab.server_ns} ...; `sidus-appliance lab up` keeps a lab"
+          " running, `sidus-appliance status` prints the same table)")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -275,20 +275,23 @@ class ApplianceProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
+    def serve_argv(self) -> list[str]:
+        """`serve` with this interpreter (so a test runs the code it imports)."""
+        return [sys.executable, "-m", "sidus_appliance.cli", "--log-level", "DEBUG", "serve",
+                "--config", str(self.config_path)]
+
+    def argv(self) -> list[str]:
+        """The whole command line, namespace entry included."""
+        return self.lab.server_argv(self.serve_argv())
+
+    def environment(self) -> dict[str, str] | None:
+        return None  # ours
+
     def start(self, timeout: float = 30) -> ApplianceProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        command = [
-            sys.executable,
-            "-m",
-            "sidus_appliance.cli",
-            "--log-level",
-            "DEBUG",
-            "serve",
-            "--config",
-            str(self.config_path),
-        ]
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(self.lab.server_argv(command), stdout=log_file, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.argv(), stdout=log_file, stderr=subprocess.STDOUT,
+                                            env=self.environment())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if "ready: serving" in self.log(since_start=True):

@@ -1,11 +1,19 @@
 """QEMU PXE clients for the lab, the tests and the benchmarks.
 
-Three firmware paths, matching what real lab machines do:
+Six firmware paths, matching what real lab machines do:
 
 - ``bios``: SeaBIOS + the NIC's iPXE option ROM (e1000, ``pxe-e1000.rom``); sends arch 0.
 - ``uefi``: OVMF + the iPXE EFI ROM (e1000, ``efi-e1000.rom``; OVMF has no e1000 driver of its
   own, so iPXE's is the only network stack); sends arch 7.
 - ``uefi-native``: OVMF's own VirtioNetDxe + PxeBcDxe (``virtio-net-pci,romfile=``); arch 7.
+- ``uefi-secure``: as uefi-native, with Secure Boot enforced: Debian's OVMF ``.ms`` pair (Microsoft
+  keys enrolled, SecureBoot on) on q35 with SMM, which that build requires. Only Microsoft-signed
+  loaders run (Debian's shim); an unsigned one (syslinux.efi) ends in "Access Denied".
+- ``uefi-http``: OVMF's own UEFI HTTP boot (HttpBootDxe), arch 16, vendor class
+  ``HTTPClient:Arch:00016:UNDI:003000``; it only takes an offer that echoes option 60
+  "HTTPClient" and carries a URL as boot file. Its PXE drivers are switched off through fw_cfg
+  (``opt/org.tianocore/IPv4PXESupport``), else it tries PXEv4 and PXEv6 (~65 s) first.
+- ``uefi-secure-http``: both of the above.
 
 The guest is the test instance of :mod:`sidus_appliance.lab.testkernel`: it prints one ``SIDUS-MARKER``
 line on the serial port and powers off, so a boot is "start QEMU, wait for the marker, read the
@@ -34,12 +42,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
+from ..boot.kernels import parse_served_name
 from ..boot.model import Profile
 from .netns import end_process
 
-Firmware = Literal["bios", "uefi", "uefi-native"]
-FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-native")
+Firmware = Literal["bios", "uefi", "uefi-native", "uefi-secure", "uefi-http", "uefi-secure-http"]
+FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-native", "uefi-secure", "uefi-http", "uefi-secure-http")
+# The ones pxelinux/syslinux.efi boot (no Secure Boot, no HTTP boot): the benchmarks' default set.
+SYSLINUX_FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-native")
 Accel = Literal["auto", "kvm", "tcg"]
 
 QEMU = "qemu-system-x86_64"
@@ -49,11 +61,23 @@ OVMF_PAIRS = (
     (Path("/usr/share/OVMF/OVMF_CODE.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd")),
 )
 OVMF_COMBINED = (Path("/usr/share/qemu/OVMF.fd"), Path("/usr/share/ovmf/OVMF.fd"))
+# Secure Boot: Debian's "ms" variable store has the Microsoft KEK/db enrolled and SecureBoot on;
+# its code is the SMM build (a -bios image cannot enforce Secure Boot: no fallback).
+OVMF_SECURE_PAIRS = (
+    (Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"), Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")),
+    (Path("/usr/share/OVMF/OVMF_CODE.ms.fd"), Path("/usr/share/OVMF/OVMF_VARS.ms.fd")),
+)
+SECURE_FIRMWARES: frozenset[Firmware] = frozenset({"uefi-secure", "uefi-secure-http"})
+HTTP_FIRMWARES: frozenset[Firmware] = frozenset({"uefi-http", "uefi-secure-http"})
+# The firmwares that boot with OVMF's own virtio-net driver (no iPXE ROM).
+NATIVE_FIRMWARES: frozenset[Firmware] = frozenset({"uefi-native"}) | SECURE_FIRMWARES | HTTP_FIRMWARES
 
 MARKER_RE = re.compile(r"SIDUS-MARKER (?P<body>[^\r\n]*)\r?\n")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc")
 # Arch each firmware announces in DHCP option 93 (what the server should dispatch on).
-FIRMWARE_ARCH: dict[Firmware, int] = {"bios": 0, "uefi": 7, "uefi-native": 7}
+FIRMWARE_ARCH: dict[Firmware, int] = {
+    "bios": 0, "uefi": 7, "uefi-native": 7, "uefi-secure": 7, "uefi-http": 16, "uefi-secure-http": 16,
+}  # fmt: skip
 
 
 class QemuError(RuntimeError):
@@ -107,17 +131,39 @@ def strip_ansi(text: str) -> str:
 class SerialReport:
     """What the firmware and boot loader said on the serial port, for reports and assertions."""
 
-    boot_file: str | None  # what the PXE stack fetched first (pxelinux.0, efi64/syslinux.efi)
+    boot_file: str | None  # what the firmware fetched first (pxelinux.0, efi64/shimx64.efi, an http:// URL)
     config_tried: tuple[str, ...]  # pxelinux.cfg/... lookups in order
     loaded: tuple[str, ...]  # kernel/initrd names the boot loader loaded
     firmware_ip: str | None  # the address the firmware/boot loader got
+    chained: tuple[str, ...] = ()  # second stages shim fetched (efi64/grubx64.efi)
+    secure_boot: bool | None = None  # what the EFI stub / kernel said; None: not said (BIOS, no kernel yet)
+    firmware_error: str | None = None  # OVMF's first refused boot option, e.g. '... : Access Denied'
 
 
 _FETCH_RES = (
     re.compile(r"NBP filename is (?P<f>\S+)"),  # OVMF PxeBcDxe
-    re.compile(r"tftp://[^/\s]+/(?P<f>\S+?)\.{3}"),  # iPXE: tftp://10.20.17.254/pxelinux.0... ok
+    re.compile(r"^ *URI: (?P<f>\S+)", re.MULTILINE),  # OVMF HttpBootDxe: "  URI: http://10.20.17.254/..."
+    re.compile(r"(?:tftp|https?)://[^/\s]+/(?P<f>\S+?)\.{3}"),  # iPXE: tftp://10.20.17.254/pxelinux.0... ok
     re.compile(r"Filename:\s*(?P<f>\S+)"),  # iPXE: "Filename: pxelinux.0"
 )
+# pxelinux "Loading vmlinuz-...@lab... ok" (a GRUB config echoing the same is read alike), or iPXE
+# fetching a served kernel/initrd by URL (it percent-encodes the '@': vmlinuz-...%40lab).
+_LOADED_RE = re.compile(r"Loading (?P<name>\S+?) ?\.{3}|(?:tftp|https?)://[^/\s]+/(?P<url>\S+?)\.{3}")
+_SECURE_BOOT_ON = re.compile(r"secureboot: Secure boot enabled|EFI stub: UEFI Secure Boot is enabled")
+_SECURE_BOOT_OFF = re.compile(r"secureboot: Secure boot disabled")
+# OVMF's boot manager on a boot option it could not start; Secure Boot refusals say "Access Denied".
+_FIRMWARE_ERROR_RE = re.compile(r'BdsDxe: failed to load (?P<option>Boot\w+ "[^"]*") from \S+: (?P<error>[^\n]+)')
+ACCESS_DENIED_RE = re.compile(r'BdsDxe: failed to load Boot\w+ "[^"]*" from \S+: Access Denied')
+
+
+def _loaded_names(text: str) -> tuple[str, ...]:
+    names = []
+    for m in _LOADED_RE.finditer(text):
+        if m.group("name"):
+            names.append(m.group("name"))
+        elif parse_served_name(name := unquote(m.group("url")).rsplit("/", 1)[-1]) is not None:
+            names.append(name)
+    return tuple(names)
 
 
 def parse_serial(text: str) -> SerialReport:
@@ -129,25 +175,32 @@ def parse_serial(text: str) -> SerialReport:
             boot_file = m.group("f")
             break
     tried = tuple(dict.fromkeys(re.findall(r"Trying to load: (\S+)", text)))
-    loaded = tuple(re.findall(r"Loading (\S+?)\.{3}", text))
     ip = None
     for rx in (
         re.compile(r"My IP address seems to be \S+ (\d+\.\d+\.\d+\.\d+)"),  # pxelinux
         re.compile(r"net\d: (\d+\.\d+\.\d+\.\d+)/"),  # iPXE
-        re.compile(r"Station IP address is (\d+\.\d+\.\d+\.\d+)"),  # OVMF
+        re.compile(r"Station IP address is (\d+\.\d+\.\d+\.\d+)"),  # OVMF (PXE and HTTP boot)
     ):
         m = rx.search(text)
         if m:
             ip = m.group(1)
             break
-    return SerialReport(boot_file, tried, loaded, ip)
+    chained = tuple(re.findall(r"Fetching Netboot Image (\S+)", text))  # shim
+    secure_boot = True if _SECURE_BOOT_ON.search(text) else False if _SECURE_BOOT_OFF.search(text) else None
+    m = _FIRMWARE_ERROR_RE.search(text)
+    error = f"{m.group('option')}: {m.group('error').strip()}" if m else None
+    return SerialReport(boot_file, tried, _loaded_names(text), ip, chained, secure_boot, error)
 
 
 # Boot phases as they show on the serial port, in order; the first line matching each is timed.
 PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("dhcp", re.compile(r"net\d: \d+\.\d+\.\d+\.\d+/|Station IP address is")),
-    ("loader", re.compile(r"PXELINUX \d|Getting cached packet|NBP file downloaded|syslinux\.efi : \d+ bytes")),
-    ("kernel", re.compile(r"Loading \S*vmlinuz")),
+    # The first boot program is in: pxelinux, OVMF starting a downloaded image (PXE or HTTP boot),
+    # iPXE's "<name> : <size> bytes [<type>]".
+    ("loader", re.compile(r"PXELINUX \d|Getting cached packet|NBP file downloaded|BdsDxe: starting Boot"
+                          r"|\S+ : \d+ bytes \[")),
+    ("grub", re.compile(r"Welcome to GRUB!")),  # shim's second stage (Secure Boot paths only)
+    ("kernel", re.compile(r"Loading \S*vmlinuz|Booting `|https?://\S+/vmlinuz")),
     ("linux", re.compile(r"Linux version")),
     ("marker", re.compile(r"SIDUS-MARKER ")),
 )
@@ -180,22 +233,46 @@ def find_ipxe_rom(name: str) -> Path:
     raise QemuError(f"{name} not found in {', '.join(map(str, IPXE_ROM_DIRS))} (install ipxe-qemu)")
 
 
-def ovmf_args(vars_copy: Path) -> list[str]:
+def ovmf_args(vars_copy: Path, secure: bool = False) -> list[str]:
     """OVMF as a read-only code flash + a fresh, writable copy of the variable store.
 
     Fresh per boot: OVMF saves the boot options it found, and a store inherited from a boot with
-    another NIC (e1000 + iPXE) made a later virtio boot try PXEv6 and HTTP boot, never PXEv4."""
-    for code, vars_template in OVMF_PAIRS:
+    another NIC (e1000 + iPXE) made a later virtio boot try PXEv6 and HTTP boot, never PXEv4.
+    secure: the Secure Boot pair (Microsoft keys enrolled); it needs `secure_boot_machine_args()`."""
+    for code, vars_template in OVMF_SECURE_PAIRS if secure else OVMF_PAIRS:
         if code.exists() and vars_template.exists():
             shutil.copyfile(vars_template, vars_copy)
             return [
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             ]  # fmt: skip
+    if secure:
+        raise QemuError(f"OVMF Secure Boot firmware not found ({OVMF_SECURE_PAIRS[0][0]}; install ovmf)")
     for combined in OVMF_COMBINED:
         if combined.exists():
             return ["-bios", str(combined)]  # variables are volatile with -bios: nothing carries over
     raise QemuError("OVMF not found (install ovmf)")
+
+
+def secure_boot_machine_args() -> list[str]:
+    """What the SMM build of OVMF (Debian's .ms/.secboot code) needs to start and to keep its
+    variables (the Secure Boot keys) out of the guest's reach: q35 with SMM and a secure flash.
+    Measured under TCG: on the default `pc` machine that build prints nothing at all; q35 gets
+    SMM by default from QEMU 7.2, said explicitly here."""
+    return [
+        "-machine", "q35,smm=on",
+        "-global", "driver=cfi.pflash01,property=secure,value=on",
+        "-global", "ICH9-LPC.disable_s3=1",  # S3 with SMM is unsupported; OVMF's docs ask for this
+    ]  # fmt: skip
+
+
+def http_boot_args() -> list[str]:
+    """Switch OVMF's PXE drivers off (OvmfPkg RUNTIME_CONFIG.md), leaving UEFI HTTP boot as the
+    first network boot option: otherwise PXEv4 runs first, and PXEv6 costs ~65 s to give up."""
+    return [
+        "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+        "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
+    ]  # fmt: skip
 
 
 def nic_device(firmware: Firmware, mac: str, netdev: str = "n0") -> str:
@@ -206,8 +283,8 @@ def nic_device(firmware: Firmware, mac: str, netdev: str = "n0") -> str:
         return f"e1000,{common},romfile={find_ipxe_rom('pxe-e1000.rom')}"
     if firmware == "uefi":
         return f"e1000,{common},romfile={find_ipxe_rom('efi-e1000.rom')}"
-    if firmware == "uefi-native":
-        # Empty romfile: no iPXE, so OVMF's built-in virtio-net driver and PXE stack do the boot.
+    if firmware in NATIVE_FIRMWARES:
+        # Empty romfile: no iPXE, so OVMF's built-in virtio-net driver and PXE/HTTP stack do the boot.
         return f"virtio-net-pci,{common},romfile="
     raise QemuError(f"unknown firmware {firmware!r} (one of {', '.join(FIRMWARES)})")
 
@@ -236,8 +313,13 @@ def build_command(
     ]  # fmt: skip
     if accel == "kvm":
         cmd += ["-cpu", "host"]
+    secure = firmware in SECURE_FIRMWARES
+    if secure:
+        cmd += secure_boot_machine_args()
+    if firmware in HTTP_FIRMWARES:
+        cmd += http_boot_args()
     if firmware != "bios":
-        cmd += ovmf_args(workdir / f"{serial_log.stem}.OVMF_VARS.fd")
+        cmd += ovmf_args(workdir / f"{serial_log.stem}.OVMF_VARS.fd", secure)
     return cmd
 
 
@@ -320,6 +402,7 @@ class BootResult:
             "name": (m.fqdn if m else None) or "-",
             "boot file": self.serial.boot_file or "-",
             "menu": self.menu or "-",
+            "secure boot": {True: "enforced", False: "off", None: "-"}[self.serial.secure_boot],
             "seconds": f"{self.seconds:.1f}" if self.ok else f"FAILED ({self.reason})",
             "accel": self.accel,
         }
@@ -379,6 +462,10 @@ def run_once(
             marker = parse_marker(text)
             seconds = now - start
             if marker is not None:
+                break
+            if ACCESS_DENIED_RE.search(text):
+                # Secure Boot refused the loader; OVMF would go on through PXEv6 and HTTP boot for minutes.
+                reason = "firmware refused the boot loader: Access Denied (Secure Boot)"
                 break
             if proc.poll() is not None:
                 text = log.read_text(errors="replace") if log.exists() else ""

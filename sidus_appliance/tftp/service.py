@@ -34,6 +34,7 @@ File data is read with ``os.pread`` (see tree.py for why not mmap).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -338,6 +339,7 @@ class TftpService:
         self.error_sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.completed = 0
+        self.stats: collections.Counter[str] = collections.Counter()  # for /metrics: requests, refusals, ends
         self.pump: _Pump | None = None
         self.ended: queue.SimpleQueue[Ended] = queue.SimpleQueue()  # from the pump; drained on the loop
         self.bind_ip, self.port = str(config.server_ip), config.tftp.port
@@ -416,6 +418,9 @@ class TftpService:
         for old in decision.cancel:  # the client moved on from that port
             self._cancel(old, "cancelled")
         action = decision.action
+        self.stats["requests"] += 1
+        if action is Action.REFUSE:
+            self.stats[f"refused {decision.reason or 'other'}"] += 1
         if action is Action.START:
             self._start(data, addr, decision, now)
         elif action is Action.REFUSE:
@@ -432,7 +437,7 @@ class TftpService:
         request = decision.request
         assert request is not None
         try:
-            resolved = self.tree.resolve(request.filename, request.mode == "netascii")
+            resolved = self.tree.resolve(request.filename, request.mode == "netascii", addr[0])
         except TreeError as exc:
             self._log_tree_error(addr, request.filename, exc)
             self._error(addr, exc.code, exc.message)
@@ -452,6 +457,7 @@ class TftpService:
         self._launch(transfer)
 
     def _log_tree_error(self, addr: tuple[str, int], filename: str, exc: TreeError) -> None:
+        self.stats["refused by the tree" if exc.refused else "not found"] += 1
         if exc.refused:
             self.rlog.warning(("refused", addr[0]), "tftp: %s:%d: refused %r: %s", addr[0], addr[1], filename,
                               exc.message)
@@ -544,6 +550,7 @@ class TftpService:
             sent = resolved.size if outcome == "complete" else acked
             self.observer.transfer(host, resolved.name, resolved.kind, Transport.TFTP, resolved.size, sent, elapsed,
                                    session.resent, outcome == "complete")
+        self.stats["complete" if outcome == "complete" else "stopped"] += 1
         if outcome == "complete":
             self.completed += 1
             self.log.info("tftp: %s:%d: sent %s (%d bytes, %.2f s, blksize %d, windowsize %d, %d resent)", host, port,

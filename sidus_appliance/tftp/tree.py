@@ -152,12 +152,13 @@ class BootTree:
         self.hosts_by_ip = {h.address: h.mac for h in config.hosts}
         self.scans = ScanCache()
 
-    def resolve(self, filename: str, netascii: bool = False) -> Resolved:
+    def resolve(self, filename: str, netascii: bool = False, client: str | None = None) -> Resolved:
+        """`client`: the asking address, so `grub/grub.cfg` can be that machine's own menu."""
         parts = split_path(filename)
         if parts[0] in ARCH_DIRS and len(parts) > 1 and _is_shared(parts[1:]):
             parts = parts[1:]  # efi64/pxelinux.cfg/... is the shared pxelinux.cfg/...
         if len(parts) == 2 and parts[0] in GENERATED:
-            text = self._generated(parts[0], parts[1])
+            text = self._generated(parts[0], parts[1], client)
             if text is not None:
                 data = text.encode()
                 name = "/".join(parts)
@@ -169,7 +170,7 @@ class BootTree:
             return self._kernel(image, netascii)
         return self._file(self.root, parts, "/".join(parts), "file", netascii)
 
-    def _generated(self, directory: str, name: str) -> str | None:
+    def _generated(self, directory: str, name: str, client: str | None = None) -> str | None:
         """The menu or script generated under that name, None if the name is not one of ours."""
         try:
             if directory == "pxelinux.cfg":
@@ -177,7 +178,12 @@ class BootTree:
                 return None if name != "default" and mac is None else render_menu(self.config, mac)
             if directory == grub.MENUS_DIR:
                 if name == grub.ENTRY:
-                    return grub.entry_config()
+                    # The asking machine's own menu when its address is known (after an HTTP boot GRUB's
+                    # $net_default_mac is empty); else the file that picks it by $net_default_mac.
+                    mac = self._mac_for_client(client)
+                    if mac is None:
+                        return grub.entry_config()
+                    return grub.render(menu_for(self.config, mac), self._grub_device())
                 if not name.startswith(grub.PER_MAC):
                     return None
                 wanted = name[len(grub.PER_MAC):]
@@ -202,6 +208,12 @@ class BootTree:
             return mac
         ip = _ip_from_hex(name)
         return None if ip is None else self._mac_for_ip(ip)
+
+    def _mac_for_client(self, client: str | None) -> str | None:
+        try:
+            return self._mac_for_ip(IPv4Address(client)) if client else None
+        except ValueError:  # not an IPv4 address
+            return None
 
     def _mac_for_ip(self, ip: IPv4Address) -> str | None:
         mac = self.hosts_by_ip.get(ip)

@@ -16,7 +16,7 @@ import pytest
 from sidus_appliance.lab import ClientPort, Lab, end_process
 
 from . import checks
-from .test_tftp_attacks import HERE, INSTANCE, fifo_writer, instance_boot, vm_kib
+from .test_tftp_attacks import HERE, INSTANCE, SwapRace, fifo_writer, instance_boot, vm_kib
 
 pytestmark = pytest.mark.integration
 
@@ -61,28 +61,17 @@ def test_planted_files_and_traversal_are_refused_as_over_tftp(lab: Lab, start_ap
 
 
 def test_symlink_swap_race_never_serves_a_byte_from_outside(lab: Lab, start_appliance, tmp_path: Path) -> None:
-    boot = instance_boot(tmp_path)
-    inside, secret = b"inside kernel\n", b"OUTSIDE SECRET, not for HTTP\n"
-    (boot / "vmlinuz-x").write_bytes(inside)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "vmlinuz-x").write_bytes(secret)
-    decoy = boot.parent / "boot.decoy"
-    os.symlink(outside, decoy)
+    race = SwapRace.plant(tmp_path, b"OUTSIDE SECRET, not for HTTP\n")
     appliance = start_appliance(INSTANCE)
     client = lab.add_client(address="10.20.17.3/24")
-    racer = subprocess.Popen([sys.executable, str(HERE / "tftp_swap.py"), str(boot), str(decoy), "--seconds", "10"],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        result = tool(client, "fetch", SERVER, "/vmlinuz-x@inst", "--count", "1500", "--seconds", "10")
-        swaps, _ = racer.communicate(timeout=30)
-    finally:
-        end_process(racer)
-    assert racer.returncode == 0 and int(swaps) > 0
-    payloads = {bytes.fromhex(k): n for k, n in result["payloads"].items()}  # type: ignore[union-attr]
-    assert secret not in payloads, f"served the outside file {payloads[secret]} times: {result}"
-    assert set(payloads) <= {inside} and payloads.get(inside, 0) > 0, result
-    assert "403" in result["statuses"], f"the race was not exercised: {result}"  # type: ignore[operator]
+    outcome: dict[str, object] = {}
+
+    def attack() -> dict[str, object]:
+        outcome.update(tool(client, "fetch", SERVER, "/vmlinuz-x@inst", "--count", "1500", "--seconds", "10"))
+        return outcome
+
+    race.run(attack)
+    assert "403" in outcome["statuses"], f"the race was not exercised: {outcome}"  # type: ignore[operator]
     assert appliance.log().count("refused '/vmlinuz-x@inst'") <= 2  # once per client and minute
     checks.assert_still_serves(lab, appliance, tmp_path / "after")
 

@@ -9,6 +9,7 @@ being served DHCP, DNS and TFTP, and no traceback in the log (checks.assert_stil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import filecmp
 import json
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,33 +110,58 @@ def test_fifo_and_device_node_in_instance_boot_are_refused_without_opening_them(
     checks.assert_still_serves(lab, appliance, tmp_path / "after")
 
 
+@dataclasses.dataclass
+class SwapRace:
+    """The master's race: `boot/` of instance `inst` swapped with a link to `outside/` again and again."""
+
+    boot: Path
+    inside: bytes
+    secret: bytes
+    decoy: Path
+
+    @classmethod
+    def plant(cls, tmp_path: Path, secret: bytes) -> SwapRace:
+        boot = instance_boot(tmp_path)
+        (boot / "vmlinuz-x").write_bytes(b"inside kernel\n")
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "vmlinuz-x").write_bytes(secret)
+        decoy = boot.parent / "boot.decoy"
+        os.symlink(outside, decoy)
+        return cls(boot, b"inside kernel\n", secret, decoy)
+
+    def run(self, attack: Callable[[], dict[str, object]]) -> dict[bytes, int]:
+        """Swap for 10 s while `attack` fetches; the payloads it got, checked: never the outside file."""
+        racer = subprocess.Popen([sys.executable, str(HERE / "tftp_swap.py"), str(self.boot), str(self.decoy),
+                                  "--seconds", "10"], stdout=subprocess.PIPE, text=True)
+        try:
+            result = attack()
+            swaps, _ = racer.communicate(timeout=30)
+        finally:
+            end_process(racer)
+        assert racer.returncode == 0 and int(swaps) > 0
+        payloads = {bytes.fromhex(k): n for k, n in result["payloads"].items()}  # type: ignore[attr-defined]
+        assert self.secret not in payloads, f"served the outside file {payloads[self.secret]} times: {result}"
+        assert set(payloads) <= {self.inside} and payloads.get(self.inside, 0) > 0, result
+        assert self.boot.is_dir() and not self.boot.is_symlink()
+        return payloads
+
+
 def test_symlink_swap_race_never_serves_a_byte_from_outside(lab: Lab, start_appliance, tmp_path: Path) -> None:
     """The master swaps `boot/` with a symlink to a directory outside the instance, atomically
     and again and again, while a client asks for boot/vmlinuz-x hundreds of times: a check of the
     path followed by an open of the path (realpath, then open) served the outside file."""
-    boot = instance_boot(tmp_path)
-    inside, secret = b"inside kernel\n", b"OUTSIDE SECRET, not for TFTP\n"
-    (boot / "vmlinuz-x").write_bytes(inside)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "vmlinuz-x").write_bytes(secret)
-    decoy = boot.parent / "boot.decoy"
-    os.symlink(outside, decoy)
+    race = SwapRace.plant(tmp_path, b"OUTSIDE SECRET, not for TFTP\n")
     appliance = start_appliance(INSTANCE)
     client = lab.add_client(address="10.20.17.3/24")
-    racer = subprocess.Popen([sys.executable, str(HERE / "tftp_swap.py"), str(boot), str(decoy), "--seconds", "10"],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        result = tool(client, "fetch", SERVER, "vmlinuz-x@inst", "--count", "600", "--seconds", "10")
-        swaps, _ = racer.communicate(timeout=30)
-    finally:
-        end_process(racer)
-    assert racer.returncode == 0 and int(swaps) > 0
-    payloads = {bytes.fromhex(k): n for k, n in result["payloads"].items()}  # type: ignore[union-attr]
-    assert secret not in payloads, f"served the outside file {payloads[secret]} times: {result}"
-    assert set(payloads) <= {inside}, result
-    assert payloads.get(inside, 0) > 0 and result["errors"], f"the race was not exercised: {result}"
-    assert boot.is_dir() and not boot.is_symlink()
+    outcome: dict[str, object] = {}
+
+    def attack() -> dict[str, object]:
+        outcome.update(tool(client, "fetch", SERVER, "vmlinuz-x@inst", "--count", "600", "--seconds", "10"))
+        return outcome
+
+    race.run(attack)
+    assert outcome["errors"], f"the race was not exercised: {outcome}"
     # every refusal is a warning, but a flood of them is not a flood of log lines
     assert appliance.log().count("refused 'vmlinuz-x@inst'") <= 2
     checks.assert_still_serves(lab, appliance, tmp_path / "after")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sidus_appliance.lab import ApplianceProcess, ClientPort, Lab, run_udhcpc, write_lab_config
+from sidus_appliance.lab import ApplianceProcess, ClientPort, Lab, run_dhclient, run_udhcpc, write_lab_config
 
 from ..conftest import require, serving
 
@@ -180,6 +180,7 @@ def test_dhcp_client_name_resolves_right_after_its_lease(dns_lab: DnsLab) -> Non
     client = dns_lab.lab.add_client()
     env = run_udhcpc(client, dns_lab.workdir / "udhcpc", hostname="labpc7")
     address = env["ip"]
+    assert env["hostname"] == "labpc7"  # the ACK's option 12 says the name A and PTR give
     deadline = time.monotonic() + 1.0
     while True:
         forward = dig(dns_lab.inside, "+short", "labpc7.sidus.zone").split()
@@ -190,6 +191,29 @@ def test_dhcp_client_name_resolves_right_after_its_lease(dns_lab: DnsLab) -> Non
     assert dig(dns_lab.inside, "+short", "-x", address).split() == ["labpc7.sidus.zone."]
     octet = address.rsplit(".", 1)[1]
     assert dig(dns_lab.inside, "+short", f"dhcp-{octet}.sidus.zone").split() == [address]
+
+
+def test_dhclient_is_told_the_name_dns_gives_it(dns_lab: DnsLab) -> None:
+    """dhclient sends `Lab-PC8.example`; DNS publishes `lab-pc8`, and so does its ACK."""
+    client = dns_lab.lab.add_client()
+    env = run_dhclient(client, dns_lab.workdir / "dhclient", hostname="Lab-PC8.example")
+    address, told = env["new_ip_address"], env["new_host_name"].strip("'\"")
+    assert told == "lab-pc8"
+    deadline = time.monotonic() + 1.0
+    while dig(dns_lab.inside, "+short", f"{told}.sidus.zone").split() != [address] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dig(dns_lab.inside, "+short", f"{told}.sidus.zone").split() == [address]
+    assert dig(dns_lab.inside, "+short", "-x", address).split() == [f"{told}.sidus.zone."]
+
+
+def test_a_name_the_zone_holds_is_not_given_to_a_client(dns_lab: DnsLab) -> None:
+    """A client calling itself `master` keeps its pool name, in its ACK as in DNS."""
+    client = dns_lab.lab.add_client()
+    env = run_udhcpc(client, dns_lab.workdir / "udhcpc-master", hostname="master")
+    octet = env["ip"].rsplit(".", 1)[1]
+    assert env["hostname"] == f"dhcp-{octet}"
+    assert dig(dns_lab.inside, "+short", "-x", env["ip"]).split() == [f"dhcp-{octet}.sidus.zone."]
+    assert dig(dns_lab.inside, "+short", "master.sidus.zone").split() == ["10.20.17.253"]
 
 
 def test_sighup_reload_serves_new_records(dns_lab: DnsLab) -> None:

@@ -1,6 +1,6 @@
 """The wheel works without the source tree: built with `pip wheel`, installed into a fresh venv,
 run from another directory, it finds its package data (boot-files manifest, dracut module,
-example config) and stages the boot loaders."""
+example config, systemd unit) and stages the boot loaders."""
 
 from __future__ import annotations
 
@@ -66,3 +66,9 @@ def test_the_wheel_installs_and_runs_without_the_source_tree(tmp_path: Path) -> 
     example = run([str(python), "-c", "from sidus_appliance.lab import EXAMPLE_CONFIG as e; print(e.read_text())"],
                   elsewhere)
     assert example.returncode == 0 and "interface:" in example.stdout, example.stderr
+    # The systemd unit is package data too, and starts the venv's own entry point.
+    unit = run([str(cli), "service", "install", "--config", str(config), "--user", "no-such-user-here",
+                "--dry-run"], elsewhere)
+    # 1: it names problems, e.g. a Python under /root that ProtectHome would hide (a pyenv)
+    assert unit.returncode in (0, 1), unit.stdout + unit.stderr
+    assert f"ExecStart={cli} serve --config {config}\n" in unit.stdout, unit.stdout

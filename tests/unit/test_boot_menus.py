@@ -176,6 +176,12 @@ def test_the_tree_serves_grub_and_ipxe_menus_by_mac(tmp_path):
         return resolved.read(0, resolved.size).decode()
 
     assert "configfile $prefix/grub.cfg-$net_default_mac" in text("/grub/grub.cfg")
+    # Asked by a known address (the master's reservation): that machine's own menu at once.
+    master_cfg = tree.resolve("/grub/grub.cfg", client="10.20.17.253")
+    assert "MASTER, read-write" in master_cfg.read(0, master_cfg.size).decode()
+    for unknown in ("10.20.17.99", "fe80::1", "?"):
+        generic = tree.resolve("/grub/grub.cfg", client=unknown)
+        assert "$net_default_mac" in generic.read(0, generic.size).decode()
     assert "MASTER, read-write" in text("/grub/grub.cfg-08:00:aa:bb:cc:dd")
     assert "sidus=overlay" in text("grub/grub.cfg-default") and "MASTER" not in text("grub/grub.cfg-default")
     assert "MASTER, read-write" in text("ipxe/01-08-00-aa-bb-cc-dd")

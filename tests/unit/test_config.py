@@ -263,3 +263,90 @@ def test_bad_upstreams_name_the_key_and_line(entries: str, message: str) -> None
     with pytest.raises(ConfigError) as caught:
         parse_config(BASE + "dns:\n  port: 53\n  upstream: " + entries + "\n", "cfg.yaml")
     assert message in str(caught.value)
+
+
+def test_management_defaults_to_loopback_without_token() -> None:
+    management = parse_config(BASE).management
+    assert (management.enabled, management.host, management.port) == (True, "127.0.0.1", 8067)
+    assert (management.token, management.stuck_after, management.url) == (None, 120.0, "http://127.0.0.1:8067")
+    assert "management: on 127.0.0.1:8067 (no token, this host only), boots stuck after 120s" in describe(
+        parse_config(BASE)
+    )
+    assert load_config(EXAMPLE).management == management  # the example documents the defaults
+
+
+def test_management_listen_forms_and_describe() -> None:
+    config = parse_config(BASE + "management:\n  listen: '0.0.0.0:9000'\n  token: s3cret\n  stuck_after: 30\n")
+    m = config.management
+    assert (m.host, m.port, m.token, m.stuck_after, m.url) == ("0.0.0.0", 9000, "s3cret", 30.0, "http://127.0.0.1:9000")
+    assert "management: on 0.0.0.0:9000 (token required), boots stuck after 30s" in describe(config)
+    assert "s3cret" not in describe(config) and "s3cret" not in repr(config)
+    ipv6 = parse_config(BASE + "management: {listen: '[::1]:8100'}\n").management
+    assert (ipv6.host, ipv6.port, ipv6.listen, ipv6.url) == ("::1", 8100, "[::1]:8100", "http://[::1]:8100")
+    bare = parse_config(BASE + "management: {listen: 10.20.17.254}\n")
+    assert (bare.management.host, bare.management.port) == ("10.20.17.254", 8067)
+    assert "(no token: anyone who reaches it sees every machine)" in describe(bare)
+    assert describe(parse_config(BASE + "management: {enabled: false}\n")).endswith("management: off")
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("  listen: nope\n", "cfg.yaml:5: management.listen: 'nope': 'nope' is not an IP address"),
+        ("  listen: '10.20.17.254:'\n", None),  # an address with an empty port: the default port
+        ("  listen: '127.0.0.1:0'\n", "cfg.yaml:5: management.listen: '127.0.0.1:0': port '0' is not a whole"),
+        ("  listen: '127.0.0.1:http'\n", "cfg.yaml:5: management.listen: '127.0.0.1:http': port 'http' is not"),
+        ("  listen: '[::1'\n", "cfg.yaml:5: management.listen: '[::1' is not address:port (an IPv6 address"),
+        ("  listen: '10.20.17.254:80'\n", "cfg.yaml:5: management.listen: port 80 on 10.20.17.254 is the boot"),
+        ("  listen: '0.0.0.0:80'\n", "cfg.yaml:5: management.listen: port 80 on 0.0.0.0 is the boot files'"),
+        ("  enabled: true\n  token: 'two words'\n", "cfg.yaml:6: management.token: must be a non-empty string"),
+        ("  token: ''\n", "cfg.yaml:5: management.token: must be a non-empty string"),
+        ("  stuck_after: 0\n", "cfg.yaml:5: management.stuck_after: 0 is out of range (1..86400)"),
+        ("  stuck_after: soon\n", "cfg.yaml:5: management.stuck_after: 'soon' is not a number"),
+        ("  enabled: maybe\n", "cfg.yaml:5: management.enabled: 'maybe' is not true or false"),
+        ("  port: 8067\n", "cfg.yaml:5: management.port: unknown key (known keys here: enabled, listen, stuck_after"),
+    ],
+)
+def test_bad_management_names_the_key_and_line(section: str, message: str | None) -> None:
+    text = BASE + "management:\n" + section
+    if message is None:
+        assert parse_config(text, "cfg.yaml").management.port == 8067
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "cfg.yaml")
+    assert message in str(caught.value)
+
+
+def test_management_on_the_boot_port_is_fine_when_http_is_off() -> None:
+    config = parse_config(BASE + "http: {enabled: false}\nmanagement: {listen: '10.20.17.254:80'}\n")
+    assert config.management.port == 80
+
+
+def test_notify_defaults_to_the_single_hosts_of_transfer_allowed() -> None:
+    text = BASE + "dns:\n  transfer_allowed: [10.20.17.250/32, 10.20.17.0/28, 192.0.2.7]\n"
+    config = parse_config(text)
+    assert config.dns.notify == (("10.20.17.250", 53), ("192.0.2.7", 53))  # a bare address is a /32
+    assert "notify     -> 10.20.17.250:53, 192.0.2.7:53" in describe(config)
+    assert parse_config(BASE).dns.notify == ()
+    assert "notify     -> nobody" in describe(parse_config(BASE))
+    told = parse_config(text + "  notify: [10.20.17.3, '10.20.17.3', '10.20.17.4:5353']\n")
+    assert told.dns.notify == (("10.20.17.3", 53), ("10.20.17.4", 5353))  # duplicates told once
+    assert parse_config(text + "  notify: []\n").dns.notify == ()
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ("[10.20.17.99]", "cfg.yaml:7: dns.notify[0]: 10.20.17.99 is not in dns.transfer_allowed"),
+        ("\n    - 10.20.17.250\n    - '10.20.17.250:x'",
+         "cfg.yaml:9: dns.notify[1]: '10.20.17.250:x': port 'x' is not a whole number from 1 to 65535"),
+        ("[secondary.example.org]", "cfg.yaml:7: dns.notify[0]: 'secondary.example.org': 'secondary.example.org' is "
+                                    "not an IPv4 address"),
+        ("10.20.17.250", "cfg.yaml:7: dns.notify: expected a list, got str"),
+    ],
+)
+def test_bad_notify_targets_name_the_key_and_line(entries: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + "dns:\n  port: 53\n  transfer_allowed: [10.20.17.250/32]\n  notify: " + entries + "\n",
+                     "cfg.yaml")
+    assert message in str(caught.value)

@@ -113,7 +113,7 @@ def test_plain_discover_gets_an_offer_with_every_option(h: Harness) -> None:
 def test_full_dora_binds_the_lease(h: Harness) -> None:
     ack = h.dora(mac(1), ("hostname", b"pc-one"))
     assert ack.yiaddr == ip("10.20.17.10")
-    assert ack.options[12] == b"dhcp-10"  # our name, not the client's
+    assert ack.options[12] == b"pc-one"  # the name DNS publishes for it (see the names section)
     lease = h.store.by_mac(mac(1))
     assert lease is not None
     assert (lease.state, lease.address, lease.hostname, lease.expires) == ("bound", ack.yiaddr, "dhcp-10", None)

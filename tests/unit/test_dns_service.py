@@ -14,11 +14,12 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SOA, A, DNSRecord
 
 from sidus_appliance.config import Config
 from sidus_appliance.dhcp.leases import InMemoryLeaseStore
 from sidus_appliance.dns import service as service_module
+from sidus_appliance.dns.notify import NOTIFY_SPACING
 from sidus_appliance.dns.service import REBUILD_DELAY, DnsService, next_serial, policy_of, upstreams_of
 
 from .test_dns_helpers import config, lease, query
@@ -41,7 +42,7 @@ def free_port() -> int:
 
 def lab_config(port: int, **dns: object) -> Config:
     return config(dns={"port": port, "listen": ["127.0.0.1"], "recursion_allowed": ["127.0.0.0/8"],
-                       "transfer_allowed": ["127.0.0.1/32"], **dns})
+                       "transfer_allowed": ["127.0.0.1/32"], "notify": [], **dns})
 
 
 async def udp(port: int, data: bytes, timeout: float = 10.0) -> bytes:
@@ -238,6 +239,107 @@ def test_start_names_an_upstream_that_is_ourselves(caplog: pytest.LogCaptureFixt
     asyncio.run(main())
     assert [r.getMessage() for r in caplog.records if "upstream" in r.getMessage()] == [
         f"dns: upstream 127.0.0.1:{port} is this server itself (a forwarding loop); ignored"]
+
+
+class FakeSecondary:
+    """A UDP socket on 127.0.0.1 that takes NOTIFYs, answering them or not."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.target = f"127.0.0.1:{self.port}"
+
+    async def notify(self, timeout: float = 10.0) -> tuple[DNSRecord, bytes, tuple[str, int]]:
+        data, addr = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(self.sock, 4096), timeout)
+        message = DNSRecord.parse(data)
+        assert message.header.opcode == 4 and message.header.aa and not message.header.qr
+        return message, data, addr
+
+    def answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = DNSRecord.parse(data).reply()
+        reply.rr = []
+        self.sock.sendto(bytes(reply.pack()), addr)
+
+    async def notifies(self, count: int, answer: bool = True) -> dict[str, int]:
+        """The next `count` NOTIFYs as {zone: serial}, answered."""
+        seen = {}
+        for _ in range(count):
+            message, data, addr = await self.notify()
+            assert addr[0] == "127.0.0.1"  # from the address DNS listens on, which secondaries know
+            seen[str(message.q.qname).rstrip(".")] = message.rr[0].rdata.times[0]
+            if answer:
+                self.answer(data, addr)
+        return seen
+
+
+def ixfr_from(apex: str, serial: int) -> bytes:
+    request = DNSRecord.parse(query(apex, "IXFR"))
+    request.add_auth(RR(apex + ".", QTYPE.SOA, rdata=SOA("gateway.sidus.zone.", "hostmaster.sidus.zone.",
+                                                           (serial, 300, 60, 604800, 60))))
+    return bytes(request.pack())
+
+
+def test_notify_at_start_and_for_each_change_then_an_incremental_ixfr() -> None:
+    secondary = FakeSecondary()
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        start = service.zone.serial
+        assert await secondary.notifies(2) == {"sidus.zone": start, "17.20.10.in-addr.arpa": start}
+        leases.commit(lease("10.20.17.60", "dhcp-60", client="erin"))
+        changed = await secondary.notifies(2)
+        assert changed == {"sidus.zone": service.zone.serial, "17.20.10.in-addr.arpa": service.zone.serial}
+        assert service.zone.serial > start
+        messages = await tcp(port, ixfr_from("sidus.zone", start), messages=1)
+        records = [(str(rr.rname), QTYPE[rr.rtype], str(rr.rdata)) for rr in DNSRecord.parse(messages[0]).rr]
+        assert [r[1] for r in records] == ["SOA", "SOA", "SOA", "A", "SOA"]
+        assert records[3] == ("erin.sidus.zone.", "A", "10.20.17.60")
+        assert service.core.stats["notify_answered"] == 4 and service.core.stats["ixfr_incremental"] == 1
+
+    run(body, notify=[secondary.target])
+    secondary.sock.close()
+
+
+def test_an_unanswered_notify_is_sent_again_with_its_id(caplog: pytest.LogCaptureFixture) -> None:
+    secondary = FakeSecondary()
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        first = {(await secondary.notify())[1] for _ in range(2)}
+        again = {(await secondary.notify())[1] for _ in range(2)}  # after NOTIFY_TIMEOUT, the same datagrams
+        assert again == first and service.core.stats["notify_sent"] == 4
+
+    run(body, notify=[secondary.target])
+    secondary.sock.close()
+    assert_no_traceback(caplog)
+
+
+def test_a_lease_storm_is_a_few_notifies_ending_with_the_final_serial() -> None:
+    secondary = FakeSecondary()
+
+    async def body(service: DnsService, leases: InMemoryLeaseStore, port: int) -> None:
+        await secondary.notifies(2)
+        began = time.monotonic()
+        for octet in range(100, 150):  # 50 leases, a little apart: many zone rebuilds
+            leases.commit(lease(f"10.20.17.{octet}", f"dhcp-{octet}", client=f"pc{octet}"))
+            await asyncio.sleep(0.01)
+        storm = time.monotonic() - began
+        await asyncio.sleep(2 * REBUILD_DELAY)  # the last rebuild is a timer due by then
+        final = service.zone.serial
+        seen: dict[str, int] = {}
+        while seen != {"sidus.zone": final, "17.20.10.in-addr.arpa": final}:
+            seen |= await secondary.notifies(1)
+        sent = service.core.stats["notify_sent"] - 2  # the two at start
+        # One NOTIFY per zone per NOTIFY_SPACING at most while changes go on, plus the final one.
+        assert sent <= 2 * (storm / NOTIFY_SPACING + 2), (sent, storm)
+        for _ in range(100):  # the last answer reaches the service soon after we sent it
+            if service.core.stats["notify_answered"] == service.core.stats["notify_sent"]:
+                break
+            await asyncio.sleep(0.05)
+        assert service.core.stats["notify_answered"] == service.core.stats["notify_sent"]
+
+    run(body, notify=[secondary.target])
+    secondary.sock.close()
 
 
 def test_next_serial_is_monotonic() -> None:

@@ -34,6 +34,45 @@ NATIVE_LOG = (
     "Loading vmlinuz-6.1.0-56-amd64@lab... okLoading initrd.img-6.1.0-56-amd64@lab...ok"
 )
 
+# OVMF Secure Boot (.ms) native PXE through Debian's shim and GRUB; the grub.cfg echoes "Loading <name> ...".
+SHIM_LOG = (
+    ">>Start PXE over IPv4.\r\n  Station IP address is 10.20.17.10\r\n\r\n  Server IP address is 10.20.17.254\r\n"
+    "  NBP filename is efi64/shimx64.efi\r\n  NBP filesize is 1048504 Bytes\r\n Downloading NBP file...\r\n"
+    "  NBP file downloaded successfully.\r\n"
+    'BdsDxe: loading Boot0001 "UEFI PXEv4 (MAC:5254005B0001)" from PciRoot(0x0)/Pci(0x2,0x0)/MAC(5254005B0001,0x1)'
+    "/IPv4(0.0.0.0,0x0,DHCP,0.0.0.0,0.0.0.0,0.0.0.0)\r\n"
+    'BdsDxe: starting Boot0001 "UEFI PXEv4 (MAC:5254005B0001)" from PciRoot(0x0)/Pci(0x2,0x0)/MAC(5254005B0001,0x1)'
+    "/IPv4(0.0.0.0,0x0,DHCP,0.0.0.0,0.0.0.0,0.0.0.0)\r\n"
+    "Fetching Netboot Image efi64/grubx64.efi\r\n\x1b[0m\x1b[30m\x1b[47mWelcome to GRUB!\r\n"
+    "  Booting `lab (shared root, changes in RAM, 6.1.0-57-amd64)'\r\n"
+    "Loading vmlinuz-6.1.0-57-amd64@lab ...\r\nLoading initrd.img-6.1.0-57-amd64@lab ...\r\n"
+    "EFI stub: UEFI Secure Boot is enabled.\r\n"
+    "[    0.000000] Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org)\r\n"
+    "[    0.000000] secureboot: Secure boot enabled\r\n"
+)
+# The same firmware offered the unsigned syslinux.efi.
+DENIED_LOG = (
+    "  NBP filename is efi64/syslinux.efi\r\n  NBP file downloaded successfully.\r\n"
+    'BdsDxe: failed to load Boot0001 "UEFI PXEv4 (MAC:5254005B0001)" from PciRoot(0x0)/Pci(0x2,0x0)'
+    "/MAC(5254005B0001,0x1)/IPv4(0.0.0.0,0x0,DHCP,0.0.0.0,0.0.0.0,0.0.0.0): Access Denied\r\n"
+    ">>Start PXE over IPv6.\r\n"
+)
+# OVMF UEFI HTTP boot (PXE off) chaining iPXE, which runs an iPXE script fetching kernel and initrd.
+HTTP_LOG = (
+    ">>Start HTTP Boot over IPv4....\r\n  Station IP address is 10.20.17.10\r\n\r\n"
+    "  URI: http://10.20.17.254/ipxe/snponly.efi\r\n  File Size: 173792 Bytes\r\n"
+    "\r  Downloading...1%\r  Downloading...100%"
+    'BdsDxe: starting Boot0001 "UEFI HTTPv4 (MAC:5254005B0001)" from PciRoot(0x0)/Pci(0x2,0x0)'
+    "/MAC(5254005B0001,0x1)/IPv4(0.0.0.0,0x0,DHCP,0.0.0.0,0.0.0.0,0.0.0.0)/Uri()\r\n"
+    "net0: 10.20.17.10/255.255.255.0 gw 10.20.17.254\r\nFilename: http://10.20.17.254/boot.ipxe\r\n"
+    "http://10.20.17.254/boot.ipxe... ok\r\nboot.ipxe : 426 bytes [script]\r\n"
+    "http://10.20.17.254/vmlinuz-6.1.0-57-amd64%40lab... ok\r\n"
+    "http://10.20.17.254/initrd.img-6.1.0-57-amd64%40lab... ok\r\n"
+    "EFI stub: Loaded initrd from command line option\r\n"
+    "[    0.000000] Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org)\r\n"
+    "[    0.000000] secureboot: Secure boot disabled\r\n"
+)
+
 
 def test_marker_fields_and_cmdline() -> None:
     m = qemu.parse_marker(BIOS_LOG)
@@ -62,6 +101,44 @@ def test_serial_report_ipxe_and_ovmf() -> None:
     assert native.loaded == ("vmlinuz-6.1.0-56-amd64@lab", "initrd.img-6.1.0-56-amd64@lab")
 
 
+def test_serial_report_secure_boot_shim_grub() -> None:
+    report = qemu.parse_serial(SHIM_LOG)
+    assert report.boot_file == "efi64/shimx64.efi"
+    assert report.chained == ("efi64/grubx64.efi",)
+    assert report.loaded == ("vmlinuz-6.1.0-57-amd64@lab", "initrd.img-6.1.0-57-amd64@lab")
+    assert report.firmware_ip == "10.20.17.10"
+    assert report.secure_boot is True and report.firmware_error is None
+    # Before the kernel has spoken, nobody has said whether Secure Boot is on.
+    assert qemu.parse_serial(SHIM_LOG[: SHIM_LOG.index("EFI stub")]).secure_boot is None
+
+
+def test_serial_report_secure_boot_refusal() -> None:
+    report = qemu.parse_serial(DENIED_LOG)
+    assert report.boot_file == "efi64/syslinux.efi"
+    assert report.firmware_error == 'Boot0001 "UEFI PXEv4 (MAC:5254005B0001)": Access Denied'
+    assert qemu.ACCESS_DENIED_RE.search(DENIED_LOG)
+    assert not qemu.ACCESS_DENIED_RE.search(SHIM_LOG + NATIVE_LOG)
+
+
+def test_serial_report_http_boot_ipxe_script() -> None:
+    report = qemu.parse_serial(HTTP_LOG)
+    assert report.boot_file == "http://10.20.17.254/ipxe/snponly.efi"  # the firmware's URL, not iPXE's script
+    assert report.firmware_ip == "10.20.17.10"
+    # iPXE percent-encodes the '@'; the script itself is not a kernel or initrd.
+    assert report.loaded == ("vmlinuz-6.1.0-57-amd64@lab", "initrd.img-6.1.0-57-amd64@lab")
+    assert report.secure_boot is False and report.chained == ()
+
+
+def test_phase_clock_secure_boot_and_http_paths() -> None:
+    for log, phases in (
+        (SHIM_LOG, {"dhcp", "loader", "grub", "kernel", "linux"}),
+        (HTTP_LOG, {"dhcp", "loader", "kernel", "linux"}),
+    ):
+        clock = qemu.PhaseClock(start=0.0)
+        clock.feed(log, 5.0)
+        assert set(clock.seen) == phases
+
+
 def test_phase_clock_times_each_phase_once() -> None:
     clock = qemu.PhaseClock(start=100.0)
     half = BIOS_LOG.index("Loading vmlinuz")
@@ -82,11 +159,15 @@ def test_master_menu_detection() -> None:
 
 @pytest.mark.parametrize(
     ("firmware", "nic", "rom"),
-    [("bios", "e1000", "pxe-e1000.rom"), ("uefi", "e1000", "efi-e1000.rom"), ("uefi-native", "virtio-net-pci", "")],
+    [("bios", "e1000", "pxe-e1000.rom"), ("uefi", "e1000", "efi-e1000.rom"), ("uefi-native", "virtio-net-pci", ""),
+     ("uefi-secure", "virtio-net-pci", ""), ("uefi-http", "virtio-net-pci", ""),
+     ("uefi-secure-http", "virtio-net-pci", "")],
 )
 def test_command_line(firmware: qemu.Firmware, nic: str, rom: str, tmp_path: Path) -> None:
     ipxe = any((d / rom).exists() for d in qemu.IPXE_ROM_DIRS)
-    require("ipxe-qemu", root=False, ok=firmware == "uefi-native" or ipxe)
+    require("ipxe-qemu", root=False, ok=not rom or ipxe)
+    secure_ovmf = any(c.exists() and v.exists() for c, v in qemu.OVMF_SECURE_PAIRS)
+    require("ovmf (Secure Boot pair)", root=False, ok=firmware not in qemu.SECURE_FIRMWARES or secure_ovmf)
     ovmf = any(c.exists() for c, _ in qemu.OVMF_PAIRS) or any(p.exists() for p in qemu.OVMF_COMBINED)
     require("ovmf", root=False, ok=firmware == "bios" or ovmf)
     argv = qemu.build_command(firmware, "52:54:00:00:17:01", "tap0", tmp_path / "s.log", tmp_path, "tcg")
@@ -100,6 +181,40 @@ def test_command_line(firmware: qemu.Firmware, nic: str, rom: str, tmp_path: Pat
         assert device.endswith("romfile=")  # no iPXE: OVMF's own virtio-net driver and PXE stack
     assert ("pflash" in joined or "-bios" in argv) is (firmware != "bios")
     assert qemu.in_netns("ns1", ["x"]) == ["ip", "netns", "exec", "ns1", "x"]
+    secure = firmware in ("uefi-secure", "uefi-secure-http")
+    # Secure Boot: the Microsoft-keys pair, which only starts on q35 with SMM, its flash locked to SMM.
+    assert ("OVMF_CODE_4M.ms.fd" in joined or "OVMF_CODE.ms.fd" in joined) is secure
+    assert ("-machine" in argv and argv[argv.index("-machine") + 1] == "q35,smm=on") is secure
+    assert ("driver=cfi.pflash01,property=secure,value=on" in argv) is secure
+    # HTTP boot: OVMF's PXE drivers off, so HTTPv4 is the first boot option.
+    http = firmware in ("uefi-http", "uefi-secure-http")
+    assert ("name=opt/org.tianocore/IPv4PXESupport,string=n" in argv) is http
+    assert ("name=opt/org.tianocore/IPv6PXESupport,string=n" in argv) is http
+
+
+def test_secure_vars_are_a_fresh_copy_of_the_ms_store(tmp_path: Path) -> None:
+    require("ovmf", root=False, ok=all(c.exists() and v.exists() for c, v in qemu.OVMF_SECURE_PAIRS[:1]))
+    copy = tmp_path / "vars.fd"
+    copy.write_bytes(b"left over from an earlier boot")
+    args = qemu.ovmf_args(copy, secure=True)
+    code, template = qemu.OVMF_SECURE_PAIRS[0]
+    assert args == ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={copy}"]  # fmt: skip
+    assert copy.read_bytes() == template.read_bytes()
+
+
+def test_secure_firmware_missing_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No fallback to a -bios image: it cannot enforce Secure Boot, and a test would pass unenforced.
+    monkeypatch.setattr(qemu, "OVMF_SECURE_PAIRS", ((tmp_path / "no-code.fd", tmp_path / "no-vars.fd"),))
+    with pytest.raises(qemu.QemuError, match="Secure Boot"):
+        qemu.ovmf_args(tmp_path / "vars.fd", secure=True)
+
+
+def test_every_firmware_has_an_arch_and_a_nic() -> None:
+    assert set(qemu.FIRMWARE_ARCH) == set(qemu.FIRMWARES)
+    assert qemu.FIRMWARE_ARCH["uefi-secure"] == 7 and qemu.FIRMWARE_ARCH["uefi-http"] == 16
+    for firmware in qemu.NATIVE_FIRMWARES:
+        assert qemu.nic_device(firmware, "52:54:00:00:00:01").startswith("virtio-net-pci,")
 
 
 def test_unknown_firmware() -> None:

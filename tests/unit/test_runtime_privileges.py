@@ -165,7 +165,7 @@ def _quiet_config(state: Path) -> str:
     return (
         "interface: eth1\naddress: 10.20.17.254/24\ndomain: sidus.zone\nuser: nobody\n"
         f"state_dir: {state}\ndhcp: {{enabled: false}}\ndns: {{enabled: false}}\ntftp: {{enabled: false}}\n"
-        "http: {enabled: false}\n"
+        "http: {enabled: false}\nmanagement: {enabled: false}\n"
     )
 
 
@@ -213,3 +213,12 @@ def test_open_files_soft_limit_is_raised_to_the_hard_limit() -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
+
+
+def test_started_as_the_service_user_there_is_nothing_to_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The systemd unit starts serve as its user with ambient capabilities: `user:` may stay set."""
+    monkeypatch.setattr(runtime.os, "geteuid", lambda: USER.uid)
+    text = "interface: eth1\naddress: 10.20.17.254/24\ndomain: sidus.zone\nuser: {}\n"
+    assert runtime.service_user(parse_config(text.format("nobody"))) is None
+    with pytest.raises(StartupError, match="user: root is set, but serve does not run as root"):
+        runtime.service_user(parse_config(text.format("root")))

@@ -267,8 +267,8 @@ def test_read_error_mid_transfer_ends_that_transfer_only(server, monkeypatch):
     (root / "g").write_bytes(b"g" * 10)
     real_resolve = service.tree.resolve
 
-    def failing_after_block_1(name: str, netascii: bool = False):
-        resolved = real_resolve(name, netascii)
+    def failing_after_block_1(name: str, netascii: bool = False, client: str | None = None):
+        resolved = real_resolve(name, netascii, client)
         read = resolved.read
 
         def reader(offset: int, length: int) -> bytes:
