@@ -13,12 +13,13 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidus_appliance import image, nfs
-from sidus_appliance.config import parse_config
+from sidus_appliance.config import Config, parse_config
 from sidus_appliance.image import chrootenv
 from sidus_appliance.lab.ganesha import apply_in_netns
 
@@ -38,25 +39,48 @@ def config_for(tmp: Path):
     return parse_config(nfs_config_text(tmp, ["mini"]), "test.yaml")
 
 
-@pytest.fixture(scope="module", params=SUITES)
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The instance `mini` of one suite, built once per module run (its caches keyed by suite)."""
-    require("the image build (debootstrap, chroot, mount namespaces)", tools=("debootstrap",))
-    suite = request.param
-    tmp = Path(tmp_path_factory.mktemp(f"image-{suite}", numbered=True))
-    config = config_for(tmp)
-    said: list[str] = []
-    started = time.monotonic()
-    result = image.build(config, "mini", suite, "amd64", "minimal", said.append, cache_dir=CACHE)
-    print(f"image build ({suite}) took {time.monotonic() - started:.0f}s: {result.timings}")
-    yield config, result, said
-    shutil.rmtree(tmp, ignore_errors=True)
+Built = tuple[Config, image.BuildResult, list[str]]  # config, result, what the build said
 
 
-def test_build_produces_a_bootable_root(built) -> None:
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Built]]:
+    """`builds(suite)`: the instance `mini` of that suite, built on first use and kept for the
+    module (each suite under its own tmp dir; the caches are keyed by suite)."""
+    done: dict[str, Built] = {}
+    dirs: list[Path] = []
+
+    def build(suite: str) -> Built:
+        if suite not in done:
+            require("the image build (debootstrap, chroot, mount namespaces)", tools=("debootstrap",))
+            tmp = Path(tmp_path_factory.mktemp(f"image-{suite}", numbered=True))
+            dirs.append(tmp)
+            config = config_for(tmp)
+            said: list[str] = []
+            started = time.monotonic()
+            result = image.build(config, "mini", suite, "amd64", "minimal", said.append, cache_dir=CACHE)
+            print(f"image build ({suite}) took {time.monotonic() - started:.0f}s: {result.timings}")
+            done[suite] = (config, result, said)
+        return done[suite]
+
+    yield build
+    for tmp in dirs:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(params=SUITES)
+def suite(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def built(builds: Callable[[str], Built], suite: str) -> Built:
+    return builds(suite)
+
+
+def test_build_produces_a_bootable_root(built: Built, suite: str) -> None:
     _config, result, said = built
     root = result.root
-    suite = release_field(root, "SUITE")
+    assert release_field(root, "SUITE") == suite
     assert f"VERSION_ID=\"{CODENAMES[suite]}\"" in (root / "etc/os-release").read_text()
     # apt's sources in the format of the suite's own apt (the packages step ran apt-get update on them).
     deb822 = root / "etc/apt/sources.list.d/debian.sources"
@@ -80,15 +104,15 @@ def test_build_produces_a_bootable_root(built) -> None:
     assert "root:!" not in (root / "etc/shadow").read_text() and "root:*" not in (root / "etc/shadow").read_text()
 
 
-def test_rebuild_resumes_without_work(built) -> None:
+def test_rebuild_resumes_without_work(built: Built, suite: str) -> None:
     config, result, _ = built
     said: list[str] = []
-    again = image.build(config, "mini", release_field(result.root, "SUITE"), log=said.append)
+    again = image.build(config, "mini", suite, log=said.append)
     assert sum("already done" in line for line in said) == len(image.STEPS)
     assert again.password is None and again.kernels == result.kernels
 
 
-def test_chroot_runs_commands_and_cleans_up(built) -> None:
+def test_chroot_runs_commands_and_cleans_up(built: Built) -> None:
     config, result, _ = built
     code = image.chroot(config, "mini", ["/bin/sh", "-c", "test -r /proc/self/status && grep -q NAME=mini "
                                           "/etc/sidus-release && test -x /usr/sbin/policy-rc.d"])
@@ -98,14 +122,14 @@ def test_chroot_runs_commands_and_cleans_up(built) -> None:
     assert not (result.root / "usr/sbin/policy-rc.d").exists()
 
 
-def test_list_shows_the_instance(built) -> None:
+def test_list_shows_the_instance(built: Built) -> None:
     config, result, _ = built
     (info,) = [i for i in image.list_instances(config) if i.name == "mini"]
     assert info.state == "ready" and info.configured and info.kernels == result.kernels
     assert info.size_bytes and info.size_bytes > 100 * 1024 * 1024
 
 
-def test_the_built_root_is_served_over_nfs(built) -> None:
+def test_the_built_root_is_served_over_nfs(built: Built) -> None:
     config, result, _ = built
     require("serving the built root over NFS", tools=NEEDED)
     kernel = f"/boot/vmlinuz-{result.kernels[0]}"
@@ -137,8 +161,9 @@ def release_field(root: Path, key: str) -> str:
 MASTER_MAC = "08:00:aa:bb:cc:dd"  # profile master in config.example.yaml
 CLIENT_MAC = "52:54:00:5e:00:01"
 BOOT_TIMEOUT = 600.0  # TCG on a loaded 2-core box: ~80 s when healthy
-# What each firmware fetches first (DHCP arch 0 / 7, as config.example.yaml dispatches).
-LOADER = {"bios": "pxelinux.0", "uefi": "efi64/syslinux.efi"}
+# What each firmware fetches first: DHCP arch 0 and 7 as config.example.yaml dispatches them, and
+# under Secure Boot Debian's signed shim (then signed GRUB, then the instance's Debian-signed kernel).
+LOADER = {"bios": "pxelinux.0", "uefi": "efi64/syslinux.efi", "uefi-secure": "efi64/shimx64.efi"}
 MARK = "sidus-e2e-written"  # the probe appends a line to /MARK on every boot
 
 # A test-only unit in the instance: how is / mounted, what earlier boots left in /MARK, can we
@@ -157,8 +182,10 @@ domain=$(awk '/^search/ {print $2; exit}' /etc/resolv.conf)
 dns=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf)
 mac=$(cat /sys/class/net/"$dev"/address)
 name=$(cat /proc/sys/kernel/hostname)
+lock=$(grep -o '\[[a-z]*\]' /sys/kernel/security/lockdown 2>/dev/null | tr -d '[]')
+machine_id=$(cat /etc/machine-id)
 {
-  echo "SIDUS-E2E root=$root_fs wrote=$wrote before=$before machine_id=$(cat /etc/machine-id) dev=$dev $lft"
+  echo "SIDUS-E2E root=$root_fs wrote=$wrote before=$before machine_id=$machine_id lockdown=${lock:-none} dev=$dev $lft"
   echo "SIDUS-MARKER ip=$ip hostname=$name domain=$domain dns=$dns mac=$mac cmdline=$(cat /proc/cmdline)"
 } > /dev/ttyS0
 sync
@@ -198,23 +225,40 @@ def e2e_line(serial: str) -> dict[str, str]:
     return {}
 
 
-# (firmware, MAC, boots), for each suite: the overlay client boots twice, the second boot being
-# its reboot.
+def boot_case(suite: str, firmware: str, mac: str, boots: int, *marks: pytest.MarkDecorator) -> object:
+    kind = "master-rw" if mac == MASTER_MAC else "overlay-client" + ("-reboot" if boots > 1 else "")
+    return pytest.param(suite, firmware, mac, boots, marks=marks, id=f"{suite}-{firmware}-{kind}")
+
+
+# (suite, firmware, MAC, boots): an overlay client with boots=2 boots again, its reboot. `make test`
+# runs one case per firmware kind on trixie (Debian stable), 4 boots covering overlay, reboot,
+# master and Secure Boot; e2e_extra cases, the same checks on the other pairs and on bookworm, run
+# with `make test-all`. A master case comes before an overlay case of the same suite: the
+# machine-ID check needs the ID that boot commits to the shared root.
+EXTRA = pytest.mark.e2e_extra
 BOOTS = [
-    pytest.param("bios", CLIENT_MAC, 2, id="bios-overlay-client-reboot"),
-    pytest.param("bios", MASTER_MAC, 1, id="bios-master-rw"),
-    pytest.param("uefi", CLIENT_MAC, 2, id="uefi-overlay-client-reboot"),
-    pytest.param("uefi", MASTER_MAC, 1, id="uefi-master-rw"),
+    boot_case("trixie", "bios", CLIENT_MAC, 2),
+    boot_case("trixie", "uefi", MASTER_MAC, 1),
+    # Secure Boot enforced (Microsoft keys enrolled): the kernel runs locked down, so the overlay
+    # module it loads must be Debian-signed too.
+    boot_case("trixie", "uefi-secure", CLIENT_MAC, 1),
+    boot_case("trixie", "bios", MASTER_MAC, 1, EXTRA),
+    boot_case("trixie", "uefi", CLIENT_MAC, 2, EXTRA),
+    boot_case("bookworm", "bios", CLIENT_MAC, 2, EXTRA),
+    boot_case("bookworm", "bios", MASTER_MAC, 1, EXTRA),
+    boot_case("bookworm", "uefi", CLIENT_MAC, 2, EXTRA),
+    boot_case("bookworm", "uefi", MASTER_MAC, 1, EXTRA),
+    boot_case("bookworm", "uefi-secure", CLIENT_MAC, 1, EXTRA),
 ]
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize(("firmware", "mac", "boots"), BOOTS)
-def test_pxe_client_boots_the_shared_root(built, firmware, mac: str, boots: int, lab, start_appliance,
+@pytest.mark.parametrize(("suite", "firmware", "mac", "boots"), BOOTS)
+def test_pxe_client_boots_the_shared_root(built: Built, firmware, mac: str, boots: int, lab, start_appliance,
                                           tmp_path: Path) -> None:
-    """A PXE client (SeaBIOS+iPXE or OVMF+iPXE) boots the instance over NFS (ganesha): / is an
-    overlay whose writes stay in RAM, and its reboot finds the root as served; the master MAC
-    boots the same root read-write and its write lands on the server."""
+    """A PXE client (SeaBIOS+iPXE, OVMF+iPXE, OVMF under Secure Boot) boots the instance over NFS
+    (ganesha): / is an overlay whose writes stay in RAM, and its reboot finds the root as served;
+    the master MAC boots the same root read-write and its write lands on the server."""
     from sidus_appliance import bootfiles
     from sidus_appliance.config import load_config
     from sidus_appliance.lab import qemu, write_lab_config
@@ -231,6 +275,8 @@ def test_pxe_client_boots_the_shared_root(built, firmware, mac: str, boots: int,
         "nfs": {"backend": "ganesha", "export_root": str(workdir / "export"), "home": str(workdir / "export/home"),
                 "ganesha_config": str(workdir / "state/ganesha.conf")},
     }
+    if firmware in qemu.SECURE_FIRMWARES:  # every 64-bit UEFI machine on the signed chain, as the README says
+        overrides["dhcp"] = {"boot_files": {7: LOADER[firmware]}}
     staged = bootfiles.install(load_config(write_lab_config(workdir, overrides)))  # as `bootfiles install` does
     assert not staged.missing, str(staged)
     appliance = start_appliance(overrides, workdir=workdir)
@@ -247,6 +293,9 @@ def test_pxe_client_boots_the_shared_root(built, firmware, mac: str, boots: int,
             assert boot.ok, f"{boot.summary()}\n--- serial tail:\n{qemu.strip_ansi(serial)[-4000:]}"
             assert boot.serial.boot_file == LOADER[firmware], boot.serial
             reports.append(e2e_line(serial))
+            if firmware in qemu.SECURE_FIRMWARES:  # enforced, not merely present: the kernel is locked down
+                assert boot.serial.secure_boot is True and "efi64/grubx64.efi" in boot.serial.chained, boot.serial
+                assert reports[-1].get("lockdown") in ("integrity", "confidentiality"), reports[-1]
     finally:
         nfs.stop_ganesha(config, lambda m: None)
     for report in reports:
