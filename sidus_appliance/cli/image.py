@@ -60,7 +60,7 @@ def register(commands: Commands) -> None:
     verbs = group(commands, "image", "build and maintain shared Debian roots (instances)")
     p = command(verbs, "build", cmd_build, "debootstrap an instance and make it NFS-bootable (resumable)")
     p.add_argument("name")
-    p.add_argument("--suite", default="bookworm")
+    p.add_argument("--suite", default="bookworm", help="Debian suite: trixie (13), bookworm (12); default %(default)s")
     p.add_argument("--arch", default="amd64")
     p.add_argument("--profile", default="minimal", choices=sorted(PROFILES))
     p.add_argument("--mirror", help="Debian mirror (default: the host's apt sources)")
