@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sidus_appliance.boot.kernels import SEPARATOR
 from sidus_appliance.boot.loaders import DEFAULT_BOOT_FILE, DEFAULT_BOOT_FILES
 from sidus_appliance.boot.model import BootMode, Profile, Transfer
 
@@ -495,7 +496,7 @@ def _boot_files(r: _Reader, value: Any, path: tuple[Any, ...]) -> dict[int, str]
     out: dict[int, str] = {}
     for arch, name in r.mapping(value, path, set(value or {}) if isinstance(value, dict) else set()).items():
         loader = r.text(name, path + (arch,))
-        if not loader or loader.startswith("/") or ".." in loader.split("/") or "@" in loader:
+        if not loader or loader.startswith("/") or ".." in loader.split("/") or SEPARATOR in loader:
             raise r.fail(path + (arch,), f"{loader!r} is not a file of the boot tree (a relative path, no '..')")
         out[r.integer(arch, path + (arch,), 0, 0xFFFF)] = loader
     return out
