@@ -28,6 +28,7 @@ class Observer:
         self.leases = leases
         self.tracker = tracker if tracker is not None else BootTracker(stuck_after=config.management.stuck_after)
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._index(config)
         r = self.registry
         self.dhcp_decisions = Counter("sidus_dhcp_decisions", "DHCP decisions by message, action and client arch",
                                       ["message", "action", "client", "arch"], registry=r)
@@ -45,16 +46,25 @@ class Observer:
     def reload(self, config: Config) -> None:
         self.config = config
         self.tracker.stuck_after = config.management.stuck_after
+        self._index(config)
+
+    def _index(self, config: Config) -> None:
+        # Per decision on the DHCP path: a dict, not Config.host_by_mac's scan of every reservation.
+        self._hosts = {h.mac: h for h in config.hosts}
+        # The arch label takes the arches the config names; any other (option 93 is the client's to
+        # choose, 65,536 values) counts as "other", so a crafted flood cannot grow /metrics without end.
+        self._arches = {*config.dhcp.boot_files, *(a for h in config.hosts for a in h.boot_files)}
 
     # ------------------------------------------------------------------ events from the services
 
     def dhcp(self, mac: str, message: str, action: str, address: Any, client: str, arch: int | None,
              loader: str | None) -> None:
-        self.dhcp_decisions.labels(message, action, client, "-" if arch is None else str(arch)).inc()
+        arch_label = "-" if arch is None else str(arch) if arch in self._arches else "other"
+        self.dhcp_decisions.labels(message, action, client, arch_label).inc()
         if action not in ("OFFER", "ACK"):
             return
         lease = self.leases.by_mac(mac) if self.leases is not None else None
-        host = self.config.host_by_mac(mac)
+        host = self._hosts.get(mac)
         self.tracker.feed(DhcpEvent(
             time.time(), mac, message, action, None if address is None else str(address), str(client), arch,
             loader, getattr(lease, "hostname", None), host.profile.value if host is not None else "default",
