@@ -27,7 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..config import Config
 from ..observe.events import Transport
-from ..ratelimit import RateLimitedLog
+from ..ratelimit import LineBudget, RateLimitedLog
 from ..tftp import protocol
 from ..tftp.tree import BootTree, Resolved, TreeError
 from .budget import ConnectionBudget
@@ -65,6 +65,7 @@ class HttpService:
         self.log = log
         self.observer = observer
         self.rlog = RateLimitedLog(log, interval=LOG_INTERVAL)
+        self.lines = LineBudget()  # one line per transfer: a flood of GETs is counted, not written
         self.leases = leases
         self.runner: web.ServerRunner | None = None
         self.budget = ConnectionBudget(config.http.max_connections, config.http.max_connections_per_client)
@@ -198,9 +199,13 @@ class HttpService:
         await response.write_eof()
         self.stats["sent"] += 1
         self.stats["bytes"] += length
-        span = "" if wanted is None else f", range {wanted.start}-{wanted.end}"
-        self.log.info("http: %s: sent %s (%d bytes%s, %.2f s)", client, resolved.name, length, span,
-                      time.monotonic() - began)
+        dropped = self.lines.allow()
+        if dropped:
+            self.log.warning("http: %d transfer log lines suppressed (flood)", dropped)
+        if dropped is not None:
+            span = "" if wanted is None else f", range {wanted.start}-{wanted.end}"
+            self.log.info("http: %s: sent %s (%d bytes%s, %.2f s)", client, resolved.name, length, span,
+                          time.monotonic() - began)
         return response, length
 
     @staticmethod

@@ -161,3 +161,20 @@ def test_one_client_cannot_hold_every_connection(tmp_path: Path, caplog: pytest.
     run(tmp_path, body, max_connections_per_client=2, idle_timeout=0.5)
     # A refused connection must not kill aiohttp's handler task ("Task exception was never retrieved").
     assert not [r for r in caplog.records if r.exc_info or "never retrieved" in r.getMessage()]
+
+
+def test_a_flood_of_requests_is_counted_not_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.http")
+
+    async def body(base: str, root: Path, inst: Path, service: HttpService) -> None:
+        (root / "f").write_bytes(b"x")
+        service.lines.rate, service.lines.burst, service.lines._tokens = 0.001, 50, 50  # a small bucket
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                async with http.get(f"{base}/f") as r:
+                    assert r.status == 200 and await r.read() == b"x"
+        assert service.stats["sent"] == 300
+
+    run(tmp_path, body)
+    sent_lines = [r for r in caplog.records if ": sent f (" in r.getMessage()]
+    assert len(sent_lines) == 50
